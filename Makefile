@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgeprune-installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+# Re-installs only when the dependency list changes; a no-op (seconds) otherwise.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[all,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) scripts/bench_train.py --quick
+
+lint: setup
+	$(VENV)/bin/ruff check edgeprune tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,175 @@
+"""The ``edgeprune`` command line. Errors edgeprune raises on purpose print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.types import Progress
+
+
+def _progress_bar(desc: str) -> tuple[Callable[[Progress], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = None
+
+    def tick(p: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total, desc=desc, unit="step", leave=False, file=sys.stderr,
+                       disable=None)
+        bar.n = p.step
+        bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in p.metrics.items()},
+                        refresh=False)
+        bar.refresh()
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return tick, close
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is invalid; need a positive integer")
+    return v
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    import edgeprune
+    from edgeprune import data, zoo
+    from edgeprune._io import write_json
+    from edgeprune.checkpoint import ModelSpec
+    from edgeprune.train import TrainConfig, evaluate, train
+    from edgeprune.types import InputSpec
+
+    _set_threads(a.threads)
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    src = data.open(a.data, split=None if ":" in a.data else "train", labels=True, limit=a.limit)
+    val = None
+    val_spec = a.val_data
+    if val_spec is None and src.split == "train" and src.name in ("shapes", "digits", "cifar10"):
+        val_spec = a.data.rsplit(":", 1)[0] + ":test" if src.name != "cifar10" else f"{a.data}:test"
+    if val_spec:
+        val = data.open(val_spec, labels=True, limit=a.val_limit)
+    model = zoo.create(a.model, num_classes=max(src.num_classes, 2))
+    mean, std = data.channel_stats(src)
+    ispec = InputSpec(shape=(3, 32, 32), mean=mean, std=std, class_names=src.class_names)
+    tick, close = _progress_bar(f"train {a.model}")
+    try:
+        res = train(model, src, input_spec=ispec, config=cfg, val=val, on_progress=tick)
+    finally:
+        close()
+    out = Path(a.out)
+    final = evaluate(res.model, val, input_spec=ispec) if val is not None else None
+    metrics = {
+        "model": a.model,
+        "data": a.data,
+        "train_images": len(src),
+        "val_data": val_spec,
+        "val_images": len(val) if val is not None else 0,
+        "val_top1": final.top1 if final else None,
+        "history": list(res.history),
+        "train_wall_s": round(res.wall_s, 1),
+        "config": cfg.to_dict(),
+        "command": "edgeprune " + " ".join(shlex.quote(x) for x in a.argv),
+        "edgeprune_version": edgeprune.__version__,
+    }
+    spec = ModelSpec(a.model, {"num_classes": max(src.num_classes, 2), "in_channels": 3}, ispec,
+                     {"val_top1": metrics["val_top1"], "data": a.data})
+    edgeprune.save(res.model, out / "model.safetensors", spec=spec)
+    write_json(out / "metrics.json", metrics)
+    print(res)
+    if final is not None:
+        print(f"final {val_spec}: {final}")
+    print(f"wrote {out / 'model.safetensors'} and {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    import edgeprune
+    from edgeprune import data
+    from edgeprune.train import evaluate
+
+    _set_threads(a.threads)
+    model = edgeprune.load(a.checkpoint)
+    spec = model.edgeprune_spec
+    ref = edgeprune.load(a.reference) if a.reference else None
+    src = data.open(a.data, labels=not a.no_labels, size=spec.input.hw, limit=a.limit)
+    res = evaluate(model, src, input_spec=spec.input, reference=ref,
+                   reference_input_spec=ref.edgeprune_spec.input if ref is not None else None)
+    if a.json:
+        print(json.dumps({"checkpoint": a.checkpoint, "data": a.data, **res.to_dict()}))
+    else:
+        print(f"{a.checkpoint} on {a.data}: {res}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors print one line (what was wrong, and where to look), then exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgeprune", description=__doc__)
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a zoo model with labels (the baseline/teacher)")
+    t.add_argument("--model", required=True, help="zoo architecture, e.g. resnet20")
+    t.add_argument("--data", required=True, help="data spec, e.g. shapes or shapes:train")
+    t.add_argument("--epochs", type=_positive_int, default=15)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=_positive_int, default=None, help="use the first N training images")
+    t.add_argument("--val-data", default=None, help="validation spec (default: the :test split)")
+    t.add_argument("--val-limit", type=_positive_int, default=None)
+    t.add_argument("--out", required=True, help="output directory")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: top-1, and agreement with another")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", required=True, help="data spec, e.g. shapes:test")
+    e.add_argument("--reference", default=None, help="second checkpoint to compare predictions with")
+    e.add_argument("--no-labels", action="store_true", help="data has no labels: agreement only")
+    e.add_argument("--limit", type=_positive_int, default=None)
+    e.add_argument("--json", action="store_true", help="print one JSON line")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    a.argv = argv
+    try:
+        return int(a.func(a) or 0)
+    except EdgepruneError as e:
+        print(f"edgeprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

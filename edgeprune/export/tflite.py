@@ -1,0 +1,87 @@
+"""PyTorch -> TFLite (fp32) through litert-torch, with NHWC input so the graph has no
+TRANSPOSE (``to_channel_last_io`` folds the layout change into the converted graph)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune._io import atomic_path
+from edgeprune.errors import ExportError, MissingDependencyError
+from edgeprune.export._common import prepare
+from edgeprune.export._rewrite import hwc_flatten
+
+log = logging.getLogger(__name__)
+
+
+def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+    """Export an fp32 .tflite whose input is NHWC (``example_input`` is given NCHW, as for
+    PyTorch). Raises :class:`ExportError` if the graph still holds a TRANSPOSE."""
+    try:
+        import litert_torch
+    except ImportError as e:
+        raise MissingDependencyError("litert-torch is not installed; pip install edgeprune") from e
+    m, x = prepare(model, example_input)
+    m = hwc_flatten(m, x)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            with _quiet_converter():
+                edge = litert_torch.convert(litert_torch.to_channel_last_io(m, args=[0]), (nhwc,))
+                edge.export(str(tmp))
+        except Exception as e:  # the converter raises many types; all mean "could not convert"
+            raise ExportError(f"litert-torch conversion failed for {type(model).__name__}: {e}") from e
+        ops = tflite_op_names(tmp)
+        if "TRANSPOSE" in ops:
+            raise ExportError(
+                f"converted TFLite graph still has {ops.count('TRANSPOSE')} TRANSPOSE op(s) "
+                f"(ops: {sorted(set(ops))}); the model has a layout-dependent op litert-torch "
+                "cannot fold"
+            )
+    return path
+
+
+@contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """litert-torch prints its own progress unless LITERT_TORCH_SHOW_PROGRESS=n; library code
+    must not print, so switch it off for the conversion and restore the caller's setting."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    old = os.environ.get(key)
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def tflite_op_names(path: str | os.PathLike) -> list[str]:
+    """The builtin op name of every operator in the flatbuffer's subgraphs, in order."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    try:
+        model = schema.Model.GetRootAs(buf, 0)
+    except Exception as e:  # flatbuffers raises struct/index errors on garbage
+        raise ExportError(f"{str(path)!r} is not a TFLite flatbuffer: {e}") from e
+    code_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        codes.append(code_names.get(code, f"CODE_{code}"))
+    names = []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for j in range(sg.OperatorsLength()):
+            names.append(codes[sg.Operators(j).OpcodeIndex()])
+    return names

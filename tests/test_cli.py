@@ -1,0 +1,94 @@
+"""Every CLI error path exits non-zero with a one-line message; the happy paths work."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgeprune
+from edgeprune import zoo
+from edgeprune.cli import main
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(list(argv)))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return str(edgeprune.save(zoo.create("resnet20"), tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["train", "--model", "resnet21", "--data", "shapes", "--out", "X"], ["resnet21", "resnet20"]),
+    (["train", "--model", "resnet20", "--data", "/no/such/dir", "--out", "X"], ["/no/such/dir"]),
+    (["train", "--model", "resnet20", "--data", "shapes", "--epochs", "0", "--out", "X"], ["--epochs", "0"]),
+    (["train", "--model", "resnet20", "--data", "shapes"], ["--out"]),
+    (["eval", "/no/such.safetensors", "--data", "shapes:test"], ["/no/such.safetensors", "does not exist"]),
+    (["frobnicate"], ["frobnicate"]),
+    (["--threads", "zero", "eval", "x", "--data", "shapes"], ["zero"]),
+])
+def test_error_paths(capsys, tmp_path, argv, needles):
+    argv = [a.replace("X", str(tmp_path / "out")) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_eval_corrupt_checkpoint(capsys, tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"\x00" * 64)
+    code, _, err = run(capsys, "eval", str(p), "--data", "shapes:test")
+    assert_one_line_error(code, err, "bad.safetensors")
+
+
+def test_eval_labels_missing(capsys, tmp_path, ckpt):
+    np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 3), np.uint8))
+    code, _, err = run(capsys, "eval", ckpt, "--data", str(tmp_path / "x.npy"))
+    assert_one_line_error(code, err, "has no labels")
+    # with --no-labels and a reference it works and reports agreement only
+    code, out, _ = run(capsys, "eval", ckpt, "--data", str(tmp_path / "x.npy"), "--no-labels",
+                       "--reference", ckpt, "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["agreement"] == 1.0 and res["top1"] is None and res["images"] == 4
+
+
+def test_train_then_eval(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "--threads", "1", "train", "--model", "resnet20", "--data", "digits",
+                       "--epochs", "1", "--limit", "64", "--val-limit", "32", "--batch-size", "32",
+                       "--out", str(out_dir))
+    assert code == 0, out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["val_images"] == 32 and metrics["val_data"] == "digits:test"
+    assert 0 <= metrics["val_top1"] <= 1 and metrics["command"].startswith("edgeprune ")
+    model = edgeprune.load(out_dir / "model.safetensors")
+    spec = model.edgeprune_spec
+    assert spec.input.class_names == tuple(str(i) for i in range(10))
+    assert spec.input.std[0] != 1.0  # normalisation measured on the training data
+    code, out, _ = run(capsys, "eval", str(out_dir / "model.safetensors"), "--data", "digits:test",
+                       "--limit", "32", "--json")
+    assert code == 0
+    assert json.loads(out)["top1"] == pytest.approx(metrics["val_top1"])
+
+
+def test_console_script_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgeprune.cli", "eval", str(tmp_path / "x.safetensors"),
+                        "--data", "shapes"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
