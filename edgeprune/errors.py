@@ -22,6 +22,14 @@ class ModelNotFoundError(EdgepruneError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class TargetNotFoundError(EdgepruneError, LookupError):
+    """A target name or file does not exist."""
+
+
+class ProfileError(EdgepruneError):
+    """A latency profile is malformed, mismatched, or a measurement failed."""
+
+
 class CheckpointError(EdgepruneError):
     """A checkpoint file is missing, corrupt, or does not match its architecture."""
 

@@ -104,7 +104,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
     gv = gv[None]
 
     # geometry
-    scale = rng.uniform(0.25, 0.6, (n, 1, 1)).astype(np.float32)
+    scale = rng.uniform(0.28, 0.62, (n, 1, 1)).astype(np.float32)
     aspect = rng.uniform(0.85, 1.15, (n, 1, 1)).astype(np.float32)
     lim = 0.95 - scale
     cx = rng.uniform(-1, 1, (n, 1, 1)).astype(np.float32) * lim
@@ -120,7 +120,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
 
     # colours and textures
     bg1 = _colours(rng, n, None, 0)
-    fg1 = _colours(rng, n, bg1, 0.35)
+    fg1 = _colours(rng, n, bg1, 0.45)
     bg2 = np.clip(bg1 + rng.normal(0, 0.15, (n, 3)), 0, 1).astype(np.float32)
     fg2 = np.clip(fg1 + rng.normal(0, 0.3, (n, 3)), 0, 1).astype(np.float32)
     t_fg = _texture(rng, n, u, v)[..., None]
@@ -143,18 +143,18 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
         img = np.where(stroke[..., None], col[:, None, None], img)
 
     # occluder: a background-coloured rectangle over part of some shapes
-    occ = rng.uniform(0, 1, (n, 1, 1)) < 0.4
+    occ = rng.uniform(0, 1, (n, 1, 1)) < 0.3
     ox = cx + rng.uniform(-1, 1, (n, 1, 1)).astype(np.float32) * scale
     oy = cy + rng.uniform(-1, 1, (n, 1, 1)).astype(np.float32) * scale
-    ow = rng.uniform(0.15, 0.35, (n, 1, 1)).astype(np.float32) * scale * 2
+    ow = rng.uniform(0.1, 0.3, (n, 1, 1)).astype(np.float32) * scale * 2
     box = occ & (np.abs(gu - ox) <= ow / 2) & (np.abs(gv - oy) <= ow / 2)
     img = np.where(box[..., None], bg1[:, None, None], img)
 
     # downsample (anti-alias), photometric jitter, noise
     img = img.reshape(n, size, _SS, size, _SS, 3).mean(axis=(2, 4))
-    contrast = rng.uniform(0.5, 1.0, (n, 1, 1, 1)).astype(np.float32)
+    contrast = rng.uniform(0.6, 1.0, (n, 1, 1, 1)).astype(np.float32)
     bright = rng.uniform(-0.1, 0.1, (n, 1, 1, 1)).astype(np.float32)
     img = (img - 0.5) * contrast + 0.5 + bright
-    sigma = rng.uniform(0.02, 0.16, (n, 1, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(0.02, 0.13, (n, 1, 1, 1)).astype(np.float32)
     img = img + rng.normal(0, 1, img.shape).astype(np.float32) * sigma
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)

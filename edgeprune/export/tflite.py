@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
     """Export an fp32 .tflite whose input is NHWC (``example_input`` is given NCHW, as for
-    PyTorch). Raises :class:`ExportError` if the graph still holds a TRANSPOSE."""
+    PyTorch); a 4-D output is NHWC as well. Raises :class:`ExportError` if the graph still
+    holds a TRANSPOSE."""
     try:
         import litert_torch
     except ImportError as e:
@@ -30,11 +31,16 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Te
     m, x = prepare(model, example_input)
     m = hwc_flatten(m, x)
     nhwc = x.permute(0, 2, 3, 1).contiguous()
+    with torch.no_grad():
+        out = m(x)
+    # a 4-D output (a feature map) is made NHWC too, or the graph would end in a TRANSPOSE
+    outputs = [0] if isinstance(out, torch.Tensor) and out.ndim == 4 else None
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
             with _quiet_converter():
-                edge = litert_torch.convert(litert_torch.to_channel_last_io(m, args=[0]), (nhwc,))
+                wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs)
+                edge = litert_torch.convert(wrapped, (nhwc,))
                 edge.export(str(tmp))
         except Exception as e:  # the converter raises many types; all mean "could not convert"
             raise ExportError(f"litert-torch conversion failed for {type(model).__name__}: {e}") from e

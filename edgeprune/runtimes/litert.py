@@ -66,7 +66,9 @@ class LiteRTSession(Session):
         if self.output_dtype != np.float32:
             scale, zp = self.output_quantization
             y = (y.astype(np.float32) - zp) * scale
-        return np.asarray(y, dtype=np.float32).copy()
+        if y.ndim == 4:  # feature-map outputs are NHWC in the artifact; callers get NCHW
+            y = y.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def open_litert(path: Path, *, threads: int = 1) -> LiteRTSession:

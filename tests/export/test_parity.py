@@ -124,3 +124,16 @@ def test_op_names_on_garbage(tmp_path):
     p.write_bytes(b"\x00" * 3)
     with pytest.raises(ExportError, match="not a TFLite flatbuffer"):
         export.tflite_op_names(p)
+
+
+def test_feature_map_output_is_nhwc_in_tflite_and_nchw_from_the_session(tmp_path):
+    torch.manual_seed(0)
+    m = randomize_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)))
+    x = torch.randn(1, 3, 8, 8)
+    path = export.to_tflite(m, tmp_path / "fm.tflite", x)
+    assert "TRANSPOSE" not in export.tflite_op_names(path)
+    got = runtimes.open_session(path).run(x.numpy())
+    with torch.no_grad():
+        ref = m(x).numpy()
+    assert got.shape == ref.shape == (1, 8, 8, 8)
+    assert np.abs(got - ref).max() <= ATOL, _report("feature map", got.reshape(1, -1), ref.reshape(1, -1))

@@ -1,0 +1,399 @@
+"""Latency profiles: per-layer tables measured on a target's runtime, plus a measured remainder.
+
+Prediction for a model (any pruned variant of the profiled architecture):
+
+    predicted_ms = sum over layers of table[signature].lookup(c_in, c_out)
+                   + remainder_intercept_ms + remainder_ms_per_melement * activation_melements
+
+Layer points are single-layer models converted with edgeprune's own converters and timed on
+the target's runtime, minus the runtime's per-invoke overhead (timed on a one-op model). The
+remainder is everything the tables do not hold: adds, pooling, pads, copies, the invoke
+overhead of the whole model. It is fitted by least squares to end-to-end measurements of the
+full model and of uniformly thinned copies. It is linear in the activation volume, because
+the elementwise work in the remainder scales with the channel widths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune._io import write_json
+from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.profile.layers import LayerUnit, layer_model, layer_units
+from edgeprune.profile.measurement import _SUFFIX, check_measurable, convert_for, time_artifact
+from edgeprune.profile.table import LayerTable, axis_grid
+from edgeprune.profile.targets import Target, load_target
+from edgeprune.types import Progress
+
+SCHEMA_VERSION = 1
+FORMAT = "edgeprune-latency-profile"
+CALIBRATION_KEEP = (1.0, 0.6, 0.3)
+
+
+def host_identity() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "hostname": platform.node()}
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "litert":
+        import ai_edge_litert
+
+        return str(getattr(ai_edge_litert, "__version__", "unknown"))
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return "n/a"
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    target: Target
+    runtime_version: str
+    host: dict[str, Any]
+    architecture: str | None
+    input_shape: tuple[int, int, int]
+    tables: dict[str, LayerTable]
+    layers: dict[str, str]  # module path -> signature, for the profiled architecture
+    overhead_ms: float
+    remainder_intercept_ms: float
+    remainder_ms_per_melement: float
+    calibration: tuple[dict[str, float], ...] = ()
+    build_s: float = 0.0
+    created: str = ""
+    edgeprune_version: str = ""
+    source: str = "measured"  # "measured" or "estimate"
+
+    # ---- prediction ---------------------------------------------------------------------
+
+    def units(self, model: nn.Module) -> list[LayerUnit]:
+        units = layer_units(model, self.input_shape)
+        paths = {u.path for u in units}
+        if paths != set(self.layers):
+            extra, missing = sorted(paths - set(self.layers)), sorted(set(self.layers) - paths)
+            raise ProfileError(
+                f"model does not match the profiled architecture {self.architecture!r}: layers "
+                f"not in the profile {extra[:3]}, profiled layers missing {missing[:3]}; "
+                "profile this architecture"
+            )
+        for u in units:
+            if u.signature != self.layers[u.path]:
+                raise ProfileError(f"layer {u.path!r} has signature {u.signature!r} but the profile "
+                                   f"measured {self.layers[u.path]!r}; profile this architecture")
+        return units
+
+    def layer_ms(self, unit: LayerUnit, c_in: int | None = None, c_out: int | None = None) -> float:
+        """Table latency of ``unit`` at widths (c_in, c_out) (default: the unit's own)."""
+        table = self.tables.get(unit.signature)
+        if table is None:
+            raise ProfileError(f"no table for layer {unit.path!r} ({unit.signature})")
+        return table.lookup(unit.c_in if c_in is None else c_in, unit.c_out if c_out is None else c_out)
+
+    def remainder_ms(self, activation_elements: float) -> float:
+        return self.remainder_intercept_ms + self.remainder_ms_per_melement * activation_elements / 1e6
+
+    def predict_units(self, units: Sequence[LayerUnit],
+                      widths: dict[str, tuple[int, int]] | None = None) -> float:
+        """Predicted latency for layer units, optionally at other widths {path: (c_in, c_out)}."""
+        widths = widths or {}
+        total, elements = 0.0, 0.0
+        for u in units:
+            ci, co = widths.get(u.path, (u.c_in, u.c_out))
+            total += self.layer_ms(u, ci, co)
+            elements += co * u.out_hw[0] * u.out_hw[1]
+        return total + self.remainder_ms(elements)
+
+    def predict_ms(self, model: nn.Module) -> float:
+        """Predicted latency of ``model`` (widths read from its layers) on the target."""
+        return self.predict_units(self.units(model))
+
+    def breakdown(self, model: nn.Module) -> dict[str, float]:
+        units = self.units(model)
+        out = {u.path: self.layer_ms(u) for u in units}
+        out["(remainder)"] = self.remainder_ms(sum(u.out_elements for u in units))
+        return out
+
+    def __str__(self) -> str:
+        lines = [f"latency profile: {self.architecture} on {self.target.name} "
+                 f"({self.target.runtime} {self.runtime_version}, {self.target.threads} thread(s), "
+                 f"{self.source})",
+                 f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s",
+                 f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
+                 f"points, invoke overhead {self.overhead_ms:.4f} ms",
+                 f"  remainder {self.remainder_intercept_ms:.4f} ms + "
+                 f"{self.remainder_ms_per_melement:.4f} ms/M activation elements"]
+        for c in self.calibration:
+            lines.append(f"  calibration keep {c['keep']:.2f}: measured {c['measured_ms']:.3f} ms, "
+                         f"predicted {c['predicted_ms']:.3f} ms")
+        return "\n".join(lines)
+
+    # ---- files --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "target": self.target.to_dict(),
+            "runtime": self.target.runtime,
+            "runtime_version": self.runtime_version,
+            "host": self.host,
+            "created": self.created,
+            "edgeprune_version": self.edgeprune_version,
+            "protocol": {"warmup": self.target.measure.warmup, "runs": self.target.measure.runs,
+                         "statistic": "median", "threads": self.target.threads},
+            "architecture": self.architecture,
+            "input_shape": list(self.input_shape),
+            "build_s": round(self.build_s, 2),
+            "overhead_ms": self.overhead_ms,
+            "remainder": {"intercept_ms": self.remainder_intercept_ms,
+                          "ms_per_melement": self.remainder_ms_per_melement},
+            "calibration": list(self.calibration),
+            "layers": self.layers,
+            "tables": {s: t.to_dict() for s, t in sorted(self.tables.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "profile") -> LatencyProfile:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ProfileError(f"{where} is not an edgeprune latency profile (format "
+                               f"{d.get('format') if isinstance(d, dict) else None!r})")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ProfileError(f"{where} has schema_version {d.get('schema_version')!r}; this "
+                               f"edgeprune reads {SCHEMA_VERSION}")
+        if d.get("source") not in ("measured", "estimate"):
+            raise ProfileError(f"{where}: source {d.get('source')!r} must be 'measured' or 'estimate'")
+        try:
+            target = Target.from_dict(d["target"])
+            tables = {s: LayerTable.from_dict(s, t) for s, t in d["tables"].items()}
+            layers = {str(k): str(v) for k, v in d["layers"].items()}
+            missing = sorted(set(layers.values()) - set(tables))
+            if missing:
+                raise ProfileError(f"{where}: layers refer to tables it lacks: {missing[:3]}")
+            return cls(
+                target=target, runtime_version=str(d["runtime_version"]), host=dict(d["host"]),
+                architecture=d.get("architecture"),
+                input_shape=tuple(int(v) for v in d["input_shape"]), tables=tables, layers=layers,
+                overhead_ms=float(d["overhead_ms"]),
+                remainder_intercept_ms=float(d["remainder"]["intercept_ms"]),
+                remainder_ms_per_melement=float(d["remainder"]["ms_per_melement"]),
+                calibration=tuple(dict(c) for c in d.get("calibration", ())),
+                build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
+                edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
+            )
+        except ProfileError:
+            raise
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ProfileError(f"{where} is malformed: {type(e).__name__}: {e}") from e
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, target: str | Target | None = None,
+             check_runtime: bool = True) -> LatencyProfile:
+        """Read a profile file. With ``target``, refuse a profile of another target; with
+        ``check_runtime``, refuse one measured with another version of the local runtime."""
+        p = Path(path)
+        if not p.is_file():
+            raise ProfileError(f"profile {str(p)!r} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ProfileError(f"profile {str(p)!r} is not valid JSON: {e}") from e
+        prof = cls.from_dict(d, where=f"profile {str(p)!r}")
+        if target is not None:
+            t = load_target(target)
+            if t.name != prof.target.name:
+                raise ProfileError(f"profile {str(p)!r} was measured for target {prof.target.name!r}, "
+                                   f"not {t.name!r}")
+        if check_runtime and prof.target.is_local and prof.source == "measured":
+            have = runtime_version(prof.target.runtime)
+            if have != prof.runtime_version:
+                raise ProfileError(
+                    f"profile {str(p)!r} was measured with {prof.target.runtime} "
+                    f"{prof.runtime_version}, but {have} is installed; re-profile"
+                )
+        return prof
+
+
+def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
+                   ) -> dict[str, tuple[LayerUnit, tuple[int, ...], tuple[int, ...]]]:
+    by_sig: dict[str, list[LayerUnit]] = defaultdict(list)
+    for u in units:
+        by_sig[u.signature].append(u)
+    plan = {}
+    for sig, us in by_sig.items():
+        # a linear head's c_in is flattened features; its cost is linear in them, so the
+        # thinned grid with interpolation covers any channel count
+        c_in = axis_grid([u.c_in for u in us if not u.fixed_in], [u.c_in for u in us if u.fixed_in],
+                         round_to=round_to, max_points=max_points)
+        if us[0].kind == "dwconv":
+            c_out: tuple[int, ...] = (0,)
+        else:
+            c_out = axis_grid([u.c_out for u in us if not u.fixed_out],
+                              [u.c_out for u in us if u.fixed_out], round_to=round_to,
+                              max_points=max_points)
+        plan[sig] = (us[0], c_in, c_out)
+    return plan
+
+
+def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, int, int] | None = None,
+            max_points: int = 5, cache: LatencyProfile | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
+    """Measure a latency profile of ``model``'s architecture on ``target`` (model unchanged).
+
+    ``max_points`` caps the grid points per width axis (ends always measured; bilinear
+    interpolation between). ``cache``: an earlier profile of the same target, runtime version
+    and host whose measured points are reused, so re-profiling is incremental.
+    """
+    from edgeprune import __version__
+    from edgeprune.channels import channel_groups, shrink_to_widths
+
+    t = load_target(target)
+    check_measurable(t)
+    if max_points < 2:
+        raise ConfigError(f"max_points={max_points} is invalid; need at least 2 (both ends)")
+    shape = tuple(input_shape or _input_shape(model))
+    if len(shape) != 3:
+        raise ConfigError(f"input_shape {shape} is invalid; give (C, H, W)")
+    t0 = time.perf_counter()
+    version = runtime_version(t.runtime)
+    host = host_identity()
+    cached = _cache_points(cache, t, version, host)
+    model = model.eval()
+    units = layer_units(model, shape)
+    plan = _points_needed(units, t.round_to, max_points)
+    n_points = sum(len(ci) * len(co) for _, ci, co in plan.values())
+    total = n_points + 1 + len(CALIBRATION_KEEP)
+    step = 0
+
+    def tick(what: str) -> None:
+        nonlocal step
+        step += 1
+        if on_progress is not None:
+            on_progress(Progress("profile", step, total, {"measuring": what}))
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as d:
+        suffix = _SUFFIX[t.runtime]
+        # the runtime's per-invoke overhead: a model of one tiny op (a 1x1 conv on a 2x2 map)
+        probe = Path(d) / f"overhead{suffix}"
+        convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
+        overhead = time_artifact(probe, t).median_ms
+        tick("invoke overhead")
+
+        tables: dict[str, LayerTable] = {}
+        for sig, (unit, c_in, c_out) in plan.items():
+            rows = []
+            for ci in c_in:
+                row = []
+                for co in c_out:
+                    key = (sig, ci, co)
+                    if key in cached:
+                        ms = cached[key]
+                    else:
+                        m, x = layer_model(unit, ci, co if unit.kind != "dwconv" else ci)
+                        path = convert_for(m, t, Path(d) / f"layer{suffix}", x, fast=True)
+                        ms = max(0.0, time_artifact(path, t).median_ms - overhead)
+                    row.append(ms)
+                    tick(f"{sig} {ci}x{co}")
+                rows.append(tuple(row))
+            tables[sig] = LayerTable(sig, unit.kind, c_in, c_out, tuple(rows))
+
+        partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
+                                 {u.path: u.signature for u in units}, overhead, 0.0, 0.0)
+        # remainder: end-to-end measurements of the full model and uniformly thinned copies
+        example = torch.zeros(1, *shape)
+        groups = channel_groups(model, example)
+        calib = []
+        for keep in CALIBRATION_KEEP:
+            variant = model
+            if keep < 1.0:
+                widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
+                variant = shrink_to_widths(model, example, widths)
+            path = convert_for(variant, t, Path(d) / f"full{suffix}", example)
+            measured = time_artifact(path, t).median_ms
+            vu = layer_units(variant, shape)
+            layers_ms = sum(partial.layer_ms(u) for u in vu)
+            calib.append({"keep": keep, "measured_ms": measured, "layers_ms": layers_ms,
+                          "melements": sum(u.out_elements for u in vu) / 1e6})
+            tick(f"end-to-end keep {keep}")
+    intercept, slope = _fit_remainder(calib)
+    for c in calib:
+        c["predicted_ms"] = c["layers_ms"] + float(intercept) + float(slope) * c["melements"]
+    return LatencyProfile(
+        t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
+        float(intercept), float(slope), tuple(calib), time.perf_counter() - t0,
+        datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
+    )
+
+
+def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
+    """Least squares of (measured - layer tables) on activation volume, slope >= 0: more
+    elementwise work never makes a model faster, and a negative slope fitted to noise would
+    predict that a thinner model is slower."""
+    a = np.array([[1.0, c["melements"]] for c in calib])
+    b = np.array([c["measured_ms"] - c["layers_ms"] for c in calib])
+    (intercept, slope), *_ = np.linalg.lstsq(a, b, rcond=None)
+    if slope < 0:
+        intercept, slope = float(b.mean()), 0.0
+    return float(intercept), float(slope)
+
+
+def _round_width(w: float, round_to: int, full: int) -> int:
+    return int(min(full, max(round_to, round_to * round(w / round_to))))
+
+
+def _cache_points(cache: LatencyProfile | None, t: Target, version: str,
+                  host: dict[str, Any]) -> dict[tuple[str, int, int], float]:
+    if cache is None:
+        return {}
+    same = (cache.target.name == t.name and cache.target.threads == t.threads
+            and cache.runtime_version == version and cache.host.get("cpu") == host.get("cpu")
+            and cache.source == "measured")
+    if not same:
+        raise ProfileError(
+            f"cache profile is for {cache.target.name} / {cache.target.runtime} "
+            f"{cache.runtime_version} on {cache.host.get('cpu')!r}; it cannot seed a profile of "
+            f"{t.name} / {version} on {host.get('cpu')!r}"
+        )
+    return {(s, ci, co): tab.latency_ms[i][j] for s, tab in cache.tables.items()
+            for i, ci in enumerate(tab.c_in) for j, co in enumerate(tab.c_out)}
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is None:
+        raise ConfigError("model has no input spec; pass input_shape=(C, H, W)")
+    return spec.input.shape
+
+
+def _arch_name(model: nn.Module) -> str | None:
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is not None:
+        return spec.architecture
+    arch = getattr(model, "edgeprune_arch", None)
+    return arch.get("name") if isinstance(arch, dict) else type(model).__name__

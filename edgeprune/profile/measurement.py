@@ -1,0 +1,87 @@
+"""End-to-end latency of a model or an artifact on a target's runtime."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.profile.targets import Target, load_target
+from edgeprune.types import LatencyStats
+
+_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
+
+
+def check_measurable(target: Target) -> None:
+    """Raise unless ``target`` can be measured from this process."""
+    if target.is_analytical:
+        raise ConfigError(f"target {target.name!r} is analytical (MACs); it has no latency to measure")
+    if not target.is_local:
+        raise ConfigError(
+            f"target {target.name!r} is reached through {target.connection}; edgeprune measures "
+            "local targets only until the device agent lands: measure on the device, or use a "
+            "host target"
+        )
+    if target.runtime not in _SUFFIX:
+        raise ConfigError(f"target {target.name!r}: runtime {target.runtime!r} cannot run on this "
+                          f"host; local measurement supports {sorted(_SUFFIX)}")
+    if target.precision != "fp32":
+        raise ConfigError(
+            f"target {target.name!r}: {target.precision} measurement needs the {target.precision} "
+            "exporter, which edgeprune does not have yet; use an fp32 target"
+        )
+
+
+def convert_for(model: nn.Module, target: Target, path: str | os.PathLike,
+                example_input: torch.Tensor, *, fast: bool = False) -> Path:
+    """Convert ``model`` into the artifact ``target`` runs. ``fast`` picks the faster ONNX
+    exporter (used for single-layer models, whose graphs come out the same)."""
+    from edgeprune import export
+
+    check_measurable(target)
+    if target.runtime == "litert":
+        return export.to_tflite(model, path, example_input)
+    return export.to_onnx(model, path, example_input, dynamic_batch=False,
+                          exporter="torchscript" if fast else "dynamo")
+
+
+def time_artifact(path: str | os.PathLike, target: Target, *, seed: int = 0) -> LatencyStats:
+    from edgeprune.runtimes import open_session, time_session
+
+    sess = open_session(path, runtime=target.runtime, threads=target.threads)
+    shape = tuple(max(1, s) for s in sess.input_shape)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return time_session(sess, x, warmup=target.measure.warmup, runs=target.measure.runs)
+
+
+def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Target, *,
+            input_shape: tuple[int, ...] | None = None) -> LatencyStats:
+    """Latency of a model (converted for the target first) or of an artifact file, measured on
+    ``target``'s runtime with its threads and protocol. A failure raises; it is never zero."""
+    t = load_target(target)
+    check_measurable(t)
+    if isinstance(model_or_artifact, nn.Module):
+        shape = input_shape or _spec_shape(model_or_artifact)
+        with tempfile.TemporaryDirectory(prefix="edgeprune-measure-") as d:
+            path = convert_for(model_or_artifact, t, Path(d) / f"model{_SUFFIX[t.runtime]}",
+                               torch.zeros(1, *shape[-3:]))
+            return time_artifact(path, t)
+    path = Path(model_or_artifact)
+    if not path.is_file():
+        raise ProfileError(f"artifact {str(path)!r} does not exist")
+    if path.suffix != _SUFFIX[t.runtime]:
+        raise ConfigError(f"artifact {str(path)!r} is not a {_SUFFIX[t.runtime]} file, which "
+                          f"target {t.name!r} ({t.runtime}) runs")
+    return time_artifact(path, t)
+
+
+def _spec_shape(model: nn.Module) -> tuple[int, ...]:
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is None:
+        raise ConfigError("model has no input spec; pass input_shape=(C, H, W)")
+    return spec.input.shape

@@ -1,0 +1,148 @@
+"""Proof of the latency predictor: predicted vs measured latency of random pruned variants.
+
+For each zoo model and host target: build the profile (timed), draw random pruned variants
+(per channel group a keep ratio uniform in [0.2, 1.0], rounded to the target's round_to),
+predict each, convert and measure it end to end. Writes bench/results/latency_predictor.json
+with, per target and model, the share of variants within +-10% and +-5%, the median and max
+absolute % error, the profile build time, and the speed-up fidelity: measured speed-up vs MACs
+reduction for the same variants. The profiles are saved to profiles/<target>/<model>.json.
+
+    .venv/bin/python scripts/bench_latency_predictor.py [--quick] [--models resnet20 ...]
+        [--targets host-litert host-onnxruntime] [--variants 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgeprune
+from edgeprune import zoo
+from edgeprune._io import write_json
+from edgeprune.channels import channel_groups, shrink_to_widths
+from edgeprune.profile import load_target, measure, profile
+from edgeprune.profile.layers import layer_units
+from edgeprune.profile.latency import host_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (3, 32, 32)
+
+
+def macs(model) -> int:
+    return sum(u.macs() for u in layer_units(model, SHAPE))
+
+
+def random_widths(groups, rng, round_to):
+    out = {}
+    for g in groups:
+        keep = rng.uniform(0.2, 1.0)
+        w = int(round(g.width * keep / round_to)) * round_to
+        out[g.name] = int(min(g.width, max(min(round_to, g.width), w)))
+    return out
+
+
+def run_one(name: str, target_name: str, n_variants: int, seed: int, log) -> dict:
+    target = load_target(target_name)
+    torch.manual_seed(seed)
+    model = zoo.create(name).eval()
+    t0 = time.perf_counter()
+    prof = profile(model, target, input_shape=SHAPE)
+    build_s = time.perf_counter() - t0
+    out_path = ROOT / "profiles" / target.name / f"{name}.json"
+    prof.save(out_path)
+    log(f"  {name} on {target.name}: profile built in {build_s:.0f} s -> {out_path.relative_to(ROOT)}")
+    example = torch.zeros(1, *SHAPE)
+    groups = channel_groups(model, example)
+    base_ms = measure(model, target, input_shape=SHAPE).median_ms
+    base_pred = prof.predict_ms(model)
+    base_macs = macs(model)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_variants):
+        widths = random_widths(groups, rng, target.round_to)
+        variant = shrink_to_widths(model, example, widths)
+        pred = prof.predict_ms(variant)
+        meas = measure(variant, target, input_shape=SHAPE)
+        m = macs(variant)
+        rows.append({"predicted_ms": round(pred, 5), "measured_ms": round(meas.median_ms, 5),
+                     "measured_iqr_ms": round(meas.iqr_ms, 5),
+                     "error_pct": round(100 * (pred - meas.median_ms) / meas.median_ms, 3),
+                     "macs": m, "macs_reduction": round(base_macs / m, 4),
+                     "measured_speedup": round(base_ms / meas.median_ms, 4)})
+        log(f"    variant {i + 1:2d}/{n_variants}: predicted {pred:.4f} ms, measured "
+            f"{meas.median_ms:.4f} ms ({rows[-1]['error_pct']:+.1f}%), MACs /{base_macs / m:.2f}")
+    errs = [abs(r["error_pct"]) for r in rows]
+    return {
+        "model": name, "target": target.name, "variants": len(rows),
+        "within_10pct": round(sum(e <= 10 for e in errs) / len(errs), 4),
+        "within_5pct": round(sum(e <= 5 for e in errs) / len(errs), 4),
+        "median_abs_error_pct": round(statistics.median(errs), 3),
+        "max_abs_error_pct": round(max(errs), 3),
+        "profile_build_s": round(build_s, 1),
+        "profile_points": sum(t.points() for t in prof.tables.values()),
+        "baseline": {"measured_ms": round(base_ms, 5), "predicted_ms": round(base_pred, 5),
+                     "macs": base_macs},
+        "speedup_fidelity": {
+            "median_macs_reduction": round(statistics.median(r["macs_reduction"] for r in rows), 3),
+            "median_measured_speedup": round(statistics.median(r["measured_speedup"] for r in rows), 3),
+            "median_speedup_per_macs_reduction": round(statistics.median(
+                r["measured_speedup"] / r["macs_reduction"] for r in rows), 3),
+        },
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="resnet20 only, 8 variants per target")
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--targets", nargs="*", default=["host-litert", "host-onnxruntime"])
+    ap.add_argument("--variants", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency_predictor.json"))
+    a = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    models = a.models or (["resnet20"] if a.quick else zoo.names())
+    n = 8 if a.quick and a.variants == 30 else a.variants
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    results = []
+    t_all = time.perf_counter()
+    for target in a.targets:
+        for name in models:
+            results.append(run_one(name, target, n, a.seed, log))
+    print()
+    print(f"{'target':18} {'model':12} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
+          f"{'max|err|%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
+    for r in results:
+        f = r["speedup_fidelity"]
+        print(f"{r['target']:18} {r['model']:12} {r['variants']:3d} {100 * r['within_10pct']:5.0f}% "
+              f"{100 * r['within_5pct']:5.0f}% {r['median_abs_error_pct']:9.2f} {r['max_abs_error_pct']:9.2f} "
+              f"{r['profile_build_s']:7.0f} {f['median_macs_reduction']:7.2f} {f['median_measured_speedup']:7.2f}")
+    doc = {
+        "benchmark": "latency_predictor",
+        "command": "python scripts/bench_latency_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": host_identity(),
+        "edgeprune": edgeprune.__version__,
+        "method": "random keep ratio per channel group in [0.2, 1.0] rounded to round_to; "
+                  "latency = median of the target's protocol (batch 1); error = (pred - meas) / meas",
+        "wall_s": round(time.perf_counter() - t_all, 1),
+        "results": results,
+    }
+    write_json(a.out, doc)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Train the reference baselines that the demo and the pruner benchmarks start from.
+
+Each run is one `edgeprune train` command; its checkpoint and metrics.json (which records the
+exact command) land in bench/baselines/<model>-<data>/. Existing baselines are skipped unless
+--force. Epoch counts are sized for a 2-core CPU (see RUNS); a GPU is not needed.
+
+    .venv/bin/python scripts/train_baselines.py [--only resnet20-shapes ...] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "baselines"
+
+# name: (model, data, epochs). ResNets get the full 15-epoch schedule; VGG-Small and
+# MobileNetV2 are 5-10x slower per image on this CPU and get fewer epochs.
+RUNS = {
+    "resnet20-shapes": ("resnet20", "shapes", 15),
+    "resnet20-digits": ("resnet20", "digits", 15),
+    "resnet56-shapes": ("resnet56", "shapes", 10),
+    "mobilenetv2-shapes": ("mobilenetv2", "shapes", 4),
+    "vgg_small-shapes": ("vgg_small", "shapes", 3),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=sorted(RUNS), default=None)
+    ap.add_argument("--force", action="store_true", help="retrain baselines that exist")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    exe = shutil.which("edgeprune", path=str(Path(sys.executable).parent)) or "edgeprune"
+    for name in a.only or list(RUNS):
+        model, spec, epochs = RUNS[name]
+        out = OUT / name
+        if (out / "model.safetensors").exists() and not a.force:
+            print(f"{name}: exists, skipped (--force retrains)")
+            continue
+        cmd = [exe, "--threads", str(a.threads), "train", "--model", model, "--data", spec,
+               "--epochs", str(epochs), "--out", str(out.relative_to(ROOT))]
+        print(f"{name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

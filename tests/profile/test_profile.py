@@ -1,0 +1,166 @@
+"""Measured mini-profiles of a tiny model on both host runtimes, and the profile file format."""
+
+import json
+
+import pytest
+import torch
+
+from edgeprune import zoo
+from edgeprune.errors import ConfigError, ProfileError, RuntimeAdapterError
+from edgeprune.profile import LatencyProfile, measure, profile
+from edgeprune.profile import measurement as measure_mod
+from edgeprune.profile.layers import layer_units
+from tests.conftest import TinyNet, randomize_bn
+
+SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module", params=["host-onnxruntime", "host-litert"])
+def mini(request):
+    torch.manual_seed(0)
+    model = randomize_bn(TinyNet(width=32))
+    return model, profile(model, request.param, input_shape=SHAPE, max_points=2)
+
+
+def test_prediction_of_the_full_tiny_model_is_close_to_its_measurement(mini):
+    model, prof = mini
+    measured = measure(model, prof.target, input_shape=SHAPE).median_ms
+    predicted = prof.predict_ms(model)
+    # generous: a tiny model is dominated by per-invoke overhead and timer noise
+    assert 0.5 * measured <= predicted <= 2.0 * measured, (predicted, measured)
+    assert predicted > 0
+
+
+def test_profile_contents(mini):
+    model, prof = mini
+    assert prof.source == "measured" and prof.target.threads == 1
+    assert set(prof.layers) == {u.path for u in layer_units(model, SHAPE)}
+    stem = prof.tables[prof.layers["stem.0"]]
+    assert stem.c_in == (3,) and stem.c_out == (8, 32)  # input channels are fixed
+    assert prof.tables[prof.layers["fc"]].c_out == (10,)  # classes are fixed
+    assert prof.tables[prof.layers["dw.0"]].kind == "dwconv"
+    assert len(prof.calibration) == 3 and prof.overhead_ms > 0
+    assert prof.host["cores"] >= 1 and prof.runtime_version
+    breakdown = prof.breakdown(model)
+    assert sum(breakdown.values()) == pytest.approx(prof.predict_ms(model))
+
+
+def test_json_round_trip(mini, tmp_path):
+    model, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    back = LatencyProfile.load(path, target=prof.target.name)
+    assert back.predict_ms(model) == pytest.approx(prof.predict_ms(model))
+    assert back.to_dict() == prof.to_dict()
+    d = json.loads(path.read_text())
+    for key in ("schema_version", "target", "runtime", "runtime_version", "host", "created",
+                "edgeprune_version", "protocol", "tables", "source"):
+        assert key in d
+
+
+def _edit(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda d: d.update(format="nope"), "not an edgeprune latency profile"),
+    (lambda d: d.update(schema_version=7), "schema_version 7"),
+    (lambda d: d.update(source="guess"), "source 'guess'"),
+    (lambda d: d.pop("tables"), "malformed"),
+    (lambda d: d["layers"].update({"stem.0": "conv:nowhere"}), "lacks"),
+    (lambda d: d.update(runtime_version="0.0.1"), "re-profile"),
+    (lambda d: d["target"].update(runtime="tvm"), "runtime = 'tvm'"),
+])
+def test_schema_errors(mini, tmp_path, edit, msg):
+    _, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    _edit(path, edit)
+    with pytest.raises(ProfileError, match=msg):
+        LatencyProfile.load(path)
+
+
+def test_not_json_and_missing(tmp_path):
+    (tmp_path / "p.json").write_text("{")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        LatencyProfile.load(tmp_path / "p.json")
+    with pytest.raises(ProfileError, match="does not exist"):
+        LatencyProfile.load(tmp_path / "none.json")
+
+
+def test_other_target_is_refused(mini, tmp_path):
+    _, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    other = "host-litert" if prof.target.name == "host-onnxruntime" else "host-onnxruntime"
+    with pytest.raises(ProfileError, match=f"not '{other}'"):
+        LatencyProfile.load(path, target=other)
+
+
+def test_other_architecture_is_refused(mini):
+    _, prof = mini
+    with pytest.raises(ProfileError, match="does not match the profiled architecture"):
+        prof.predict_ms(zoo.create("resnet20"))
+
+
+def test_pruned_variant_predicts_less(mini):
+    from edgeprune.channels import channel_groups, shrink_to_widths
+
+    model, prof = mini
+    x = torch.zeros(1, *SHAPE)
+    small = shrink_to_widths(model, x, {g.name: 8 for g in channel_groups(model, x)})
+    assert prof.predict_ms(small) < prof.predict_ms(model)
+
+
+def test_reprofiling_with_cache_measures_no_layer_points(mini, monkeypatch):
+    model, prof = mini
+    calls = []
+    real = measure_mod.convert_for
+
+    def counting(m, t, path, x, fast=False):
+        calls.append(fast)
+        return real(m, t, path, x, fast=fast)
+
+    monkeypatch.setattr("edgeprune.profile.latency.convert_for", counting)
+    again = profile(model, prof.target, input_shape=SHAPE, max_points=2, cache=prof)
+    # only the overhead probe (fast) and the three end-to-end calibrations are converted
+    assert calls.count(True) == 1 and calls.count(False) == 3
+    assert again.tables == prof.tables
+
+
+def test_cache_from_another_target_is_refused(mini):
+    model, prof = mini
+    other = "host-litert" if prof.target.name == "host-onnxruntime" else "host-onnxruntime"
+    with pytest.raises(ProfileError, match="cannot seed"):
+        profile(model, other, input_shape=SHAPE, cache=prof)
+
+
+def test_failed_measurement_raises(tmp_path):
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RuntimeAdapterError):
+        measure(bad, "host-onnxruntime")
+    with pytest.raises(ProfileError, match="does not exist"):
+        measure(tmp_path / "none.onnx", "host-onnxruntime")
+    with pytest.raises(ConfigError, match="not a .tflite"):
+        measure(bad, "host-litert")
+
+
+def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
+    from edgeprune import export
+    from edgeprune.runtimes import base
+
+    path = export.to_onnx(TinyNet(), tmp_path / "m.onnx", torch.zeros(1, *SHAPE))
+    monkeypatch.setattr(base.time, "perf_counter_ns", lambda: 0)  # a broken clock: 0 ms runs
+    with pytest.raises(RuntimeAdapterError, match="invalid samples"):
+        measure(path, "host-onnxruntime")
+
+
+@pytest.mark.parametrize("target, msg", [
+    ("macs", "analytical"),
+    ("raspberry-pi-4-litert", "agent://"),
+    ("host-litert-int8", "int8 measurement"),
+    ("iphone-coreml", "agent://"),
+])
+def test_unmeasurable_targets(target, msg):
+    with pytest.raises(ConfigError, match=msg):
+        measure(TinyNet(), target, input_shape=SHAPE)
