@@ -23,6 +23,7 @@ test: setup
 
 bench: setup
 	$(PY) scripts/bench_train.py --quick
+	$(PY) scripts/bench_latency_predictor.py --quick --out bench/results/latency_predictor_quick.json
 
 lint: setup
 	$(VENV)/bin/ruff check edgeprune tests scripts

@@ -66,7 +66,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     val = None
     val_spec = a.val_data
     if val_spec is None and src.split == "train" and src.name in ("shapes", "digits", "cifar10"):
-        val_spec = a.data.rsplit(":", 1)[0] + ":test" if src.name != "cifar10" else f"{a.data}:test"
+        base = a.data.rsplit(":", 1)[0] if a.data.endswith((":train", ":test")) else a.data
+        val_spec = f"{base}:test"
     if val_spec:
         val = data.open(val_spec, labels=True, limit=a.val_limit)
     model = zoo.create(a.model, num_classes=max(src.num_classes, 2))
@@ -129,6 +130,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _load_model(text: str):
+    """A checkpoint path (.safetensors) or a zoo name (fresh weights: latency does not
+    depend on weight values for fp32 runtimes)."""
+    import edgeprune
+    from edgeprune import zoo
+    from edgeprune.checkpoint import spec_of
+    from edgeprune.errors import ConfigError
+
+    if text.endswith(".safetensors"):
+        return edgeprune.load(text)
+    if text in zoo.names():
+        m = zoo.create(text).eval()
+        m.edgeprune_spec = spec_of(m)
+        return m
+    raise ConfigError(f"model {text!r} is neither a .safetensors checkpoint nor a zoo model "
+                      f"({', '.join(zoo.names())})")
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from edgeprune.profile import LatencyProfile, load_target, profile
+
+    _set_threads(a.torch_threads)
+    target = load_target(a.target)
+    model = _load_model(a.model)
+    cache = LatencyProfile.load(a.cache, target=target) if a.cache else None
+    tick, close = _progress_bar(f"profile {target.name}")
+    try:
+        prof = profile(model, target, max_points=a.max_points, cache=cache, on_progress=tick)
+    finally:
+        close()
+    prof.save(a.out)
+    print(prof)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_measure(a: argparse.Namespace) -> int:
+    from edgeprune.profile import measure
+
+    subject = a.subject
+    if not subject.endswith((".tflite", ".onnx")):
+        subject = _load_model(subject)
+    stats = measure(subject, a.target)
+    if a.json:
+        print(json.dumps(stats.to_dict()))
+    else:
+        print(f"{a.subject} on {a.target}: {stats}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgeprune", description=__doc__)
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -156,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive_int, default=None)
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("profile", help="measure a latency profile of a model on a target")
+    pr.add_argument("--target", required=True, help="target name (targets/*.toml) or .toml path")
+    pr.add_argument("--model", required=True, help="checkpoint (.safetensors) or zoo name")
+    pr.add_argument("--out", required=True, help="profile JSON to write")
+    pr.add_argument("--max-points", type=_positive_int, default=5,
+                    help="grid points per width axis (default 5)")
+    pr.add_argument("--cache", default=None, help="earlier profile whose points are reused")
+    pr.add_argument("--torch-threads", type=_positive_int, default=None)
+    pr.set_defaults(func=cmd_profile)
+
+    me = sub.add_parser("measure", help="end-to-end latency of a model or artifact on a target")
+    me.add_argument("subject", help="checkpoint, zoo name, .tflite or .onnx file")
+    me.add_argument("--target", required=True)
+    me.add_argument("--json", action="store_true")
+    me.set_defaults(func=cmd_measure)
     return p
 
 

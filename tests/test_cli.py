@@ -92,3 +92,42 @@ def test_console_script_exit_code(tmp_path):
                         "--data", "shapes"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["profile", "--target", "pi4", "--model", "resnet20", "--out", "X"], ["pi4", "host-litert"]),
+    (["profile", "--target", "host-onnxruntime", "--model", "resnet99", "--out", "X"], ["resnet99"]),
+    (["measure", "resnet20", "--target", "raspberry-pi-4-litert"], ["agent://"]),
+    (["measure", "resnet20", "--target", "macs"], ["analytical"]),
+    (["measure", "/no/model.tflite", "--target", "host-litert"], ["does not exist"]),
+    (["profile", "--target", "host-litert", "--model", "resnet20", "--out", "X",
+      "--cache", "/no/cache.json"], ["/no/cache.json"]),
+])
+def test_profile_and_measure_error_paths(capsys, tmp_path, argv, needles):
+    argv = [a.replace("X", str(tmp_path / "p.json")) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_measure_prints_stats(capsys):
+    code, out, _ = run(capsys, "measure", "resnet20", "--target", "host-onnxruntime", "--json")
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["runs"] == 50 and 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+
+
+@pytest.mark.parametrize("suffix", ["", ":train"])
+def test_train_on_cifar10_directory_validates_on_its_test_batch(capsys, tmp_path, suffix):
+    from tests.data.test_sources import _write_cifar
+
+    root = _write_cifar(tmp_path / "cifar-10-batches-py", per_batch=8)
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "--threads", "1", "train", "--model", "resnet20",
+                       "--data", f"{root}{suffix}", "--epochs", "1", "--batch-size", "8",
+                       "--out", str(out_dir))
+    assert code == 0, out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["val_data"] == f"{root}:test" and metrics["val_images"] == 8
+    assert metrics["train_images"] == 40
+    assert edgeprune.load(out_dir / "model.safetensors").edgeprune_spec.input.class_names[0] == "c0"

@@ -39,7 +39,7 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Te
     with atomic_path(path) as tmp:
         try:
             with _quiet_converter():
-                wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs)
+                wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs).eval()
                 edge = litert_torch.convert(wrapped, (nhwc,))
                 edge.export(str(tmp))
         except Exception as e:  # the converter raises many types; all mean "could not convert"

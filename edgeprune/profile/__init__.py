@@ -1,9 +1,27 @@
-"""The hardware-profile layer: targets, end-to-end measurement, per-layer latency tables."""
+"""The hardware-profile layer: targets, end-to-end measurement, per-layer latency tables.
 
-from edgeprune.profile.measurement import measure
+``edgeprune.profile(model, target)`` is this package called as a function: it is
+:func:`edgeprune.profile.latency.profile`. The package stays importable as usual
+(``from edgeprune.profile import LatencyProfile``).
+"""
+
+import sys
+import types
+
 from edgeprune.profile.latency import LatencyProfile, profile
+from edgeprune.profile.measurement import measure
 from edgeprune.profile.table import LayerTable
 from edgeprune.profile.targets import Target, load_target, target_names
 
 __all__ = ["LatencyProfile", "LayerTable", "Target", "load_target", "measure", "profile",
            "target_names"]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return profile(*args, **kwargs)
+
+    __call__.__doc__ = profile.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -16,12 +16,14 @@ the elementwise work in the remainder scales with the channel widths.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -262,13 +264,15 @@ def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
 
 
 def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, int, int] | None = None,
-            max_points: int = 5, cache: LatencyProfile | None = None,
+            max_points: int = 5, cache: LatencyProfile | None = None, workers: int | None = None,
             on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
     """Measure a latency profile of ``model``'s architecture on ``target`` (model unchanged).
 
     ``max_points`` caps the grid points per width axis (ends always measured; bilinear
     interpolation between). ``cache``: an earlier profile of the same target, runtime version
-    and host whose measured points are reused, so re-profiling is incremental.
+    and host whose measured points are reused, so re-profiling is incremental. ``workers``:
+    processes converting single-layer models (default: 2 for LiteRT, whose converter is
+    slow, else 1); timing is always sequential.
     """
     from edgeprune import __version__
     from edgeprune.channels import channel_groups, shrink_to_widths
@@ -277,6 +281,10 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     check_measurable(t)
     if max_points < 2:
         raise ConfigError(f"max_points={max_points} is invalid; need at least 2 (both ends)")
+    if workers is None:  # litert-torch takes ~1.5 s per layer; the ONNX tracer ~0.05 s
+        workers = min(2, os.cpu_count() or 1) if t.runtime == "litert" else 1
+    if workers < 1:
+        raise ConfigError(f"workers={workers} is invalid; need at least 1")
     shape = tuple(input_shape or _input_shape(model))
     if len(shape) != 3:
         raise ConfigError(f"input_shape {shape} is invalid; give (C, H, W)")
@@ -305,6 +313,11 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
         overhead = time_artifact(probe, t).median_ms
         tick("invoke overhead")
 
+        # convert every missing point first (in parallel), then time them one by one, so
+        # no conversion runs beside a timed run
+        todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
+                for ci in c_in for co in c_out if (sig, ci, co) not in cached]
+        paths = _convert_points(todo, t, Path(d), workers)
         tables: dict[str, LayerTable] = {}
         for sig, (unit, c_in, c_out) in plan.items():
             rows = []
@@ -315,9 +328,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
                     if key in cached:
                         ms = cached[key]
                     else:
-                        m, x = layer_model(unit, ci, co if unit.kind != "dwconv" else ci)
-                        path = convert_for(m, t, Path(d) / f"layer{suffix}", x, fast=True)
-                        ms = max(0.0, time_artifact(path, t).median_ms - overhead)
+                        ms = max(0.0, time_artifact(paths[key], t).median_ms - overhead)
                     row.append(ms)
                     tick(f"{sig} {ci}x{co}")
                 rows.append(tuple(row))
@@ -349,6 +360,28 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
         float(intercept), float(slope), tuple(calib), time.perf_counter() - t0,
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
     )
+
+
+def _convert_point(unit: LayerUnit, c_in: int, c_out: int, target: Target, path: Path) -> Path:
+    m, x = layer_model(unit, c_in, c_out if unit.kind != "dwconv" else c_in)
+    return convert_for(m, target, path, x, fast=True)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target, d: Path,
+                    workers: int) -> dict[tuple[str, int, int], Path]:
+    suffix = _SUFFIX[target.runtime]
+    jobs = {(sig, ci, co): (unit, ci, co, target, d / f"point{i}{suffix}")
+            for i, (sig, unit, ci, co) in enumerate(todo)}
+    if workers == 1 or len(jobs) < 4:
+        return {k: _convert_point(*args) for k, args in jobs.items()}
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/LiteRT threads start is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+        futures = {k: ex.submit(_convert_point, *args) for k, args in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
 
 
 def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
