@@ -198,8 +198,6 @@ def load(path: str | os.PathLike) -> nn.Module:
     spec = read_spec(path)
     try:
         model = spec.build()
-    except EdgepruneError:
-        raise
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r}: architecture {spec.architecture!r} "
                               f"rejects arch_kwargs {spec.arch_kwargs}: {e}") from e

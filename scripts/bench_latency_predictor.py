@@ -14,11 +14,13 @@ reduction for the same variants. The profiles are saved to profiles/<target>/<mo
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing
 import statistics
 import sys
+import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,8 +32,9 @@ from edgeprune import zoo
 from edgeprune._io import write_json
 from edgeprune.channels import channel_groups, shrink_to_widths
 from edgeprune.profile import load_target, measure, profile
-from edgeprune.profile.layers import layer_units
 from edgeprune.profile.latency import host_identity
+from edgeprune.profile.layers import layer_units
+from edgeprune.profile.measurement import convert_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
@@ -50,6 +53,12 @@ def random_widths(groups, rng, round_to):
     return out
 
 
+def _convert(model, target, path):
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    return convert_for(model, target, path, torch.zeros(1, *SHAPE))
+
+
 def run_one(name: str, target_name: str, n_variants: int, seed: int, log) -> dict:
     target = load_target(target_name)
     torch.manual_seed(seed)
@@ -66,20 +75,27 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log) -> dic
     base_pred = prof.predict_ms(model)
     base_macs = macs(model)
     rng = np.random.default_rng(seed)
+    variants = [shrink_to_widths(model, example, random_widths(groups, rng, target.round_to))
+                for _ in range(n_variants)]
     rows = []
-    for i in range(n_variants):
-        widths = random_widths(groups, rng, target.round_to)
-        variant = shrink_to_widths(model, example, widths)
-        pred = prof.predict_ms(variant)
-        meas = measure(variant, target, input_shape=SHAPE)
-        m = macs(variant)
-        rows.append({"predicted_ms": round(pred, 5), "measured_ms": round(meas.median_ms, 5),
-                     "measured_iqr_ms": round(meas.iqr_ms, 5),
-                     "error_pct": round(100 * (pred - meas.median_ms) / meas.median_ms, 3),
-                     "macs": m, "macs_reduction": round(base_macs / m, 4),
-                     "measured_speedup": round(base_ms / meas.median_ms, 4)})
-        log(f"    variant {i + 1:2d}/{n_variants}: predicted {pred:.4f} ms, measured "
-            f"{meas.median_ms:.4f} ms ({rows[-1]['error_pct']:+.1f}%), MACs /{base_macs / m:.2f}")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as d:
+        # convert in two processes, then time one at a time with nothing else running
+        suffix = ".tflite" if target.runtime == "litert" else ".onnx"
+        paths = [Path(d) / f"v{i}{suffix}" for i in range(n_variants)]
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
+            list(ex.map(_convert, variants, [target] * n_variants, paths))
+        for i, (variant, path) in enumerate(zip(variants, paths, strict=True)):
+            pred = prof.predict_ms(variant)
+            meas = measure(path, target)
+            m = macs(variant)
+            rows.append({"predicted_ms": round(pred, 5), "measured_ms": round(meas.median_ms, 5),
+                         "measured_iqr_ms": round(meas.iqr_ms, 5),
+                         "error_pct": round(100 * (pred - meas.median_ms) / meas.median_ms, 3),
+                         "macs": m, "macs_reduction": round(base_macs / m, 4),
+                         "measured_speedup": round(base_ms / meas.median_ms, 4)})
+            log(f"    variant {i + 1:2d}/{n_variants}: predicted {pred:.4f} ms, measured "
+                f"{meas.median_ms:.4f} ms ({rows[-1]['error_pct']:+.1f}%), MACs /{base_macs / m:.2f}")
     errs = [abs(r["error_pct"]) for r in rows]
     return {
         "model": name, "target": target.name, "variants": len(rows),

@@ -10,9 +10,6 @@ ratios within a run (the machine is noisy).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -24,18 +21,9 @@ import torch.nn.functional as F
 import edgeprune
 from edgeprune import zoo
 from edgeprune._io import write_json
+from edgeprune.profile.latency import host_identity
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench(name: str, batch: int, iters: int) -> dict:
@@ -90,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python scripts/bench_train.py" + (" --quick" if a.quick else "")
                    + f" --threads {a.threads} --batch {a.batch}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": {"cpu": _cpu_model(), "cores": os.cpu_count(), "machine": platform.machine()},
+        "host": host_identity(),
         "torch": torch.__version__,
         "edgeprune": edgeprune.__version__,
         "threads": a.threads,

@@ -6,7 +6,7 @@ the name and arguments on the model (``model.edgeprune_arch``) so a checkpoint c
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

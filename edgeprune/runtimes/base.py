@@ -39,7 +39,7 @@ class Session(ABC):
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         want = self.input_shape
-        if x.ndim != len(want) or any(w > 0 and w != s for w, s in zip(want, x.shape)):
+        if x.ndim != len(want) or any(w > 0 and w != s for w, s in zip(want, x.shape, strict=True)):
             raise RuntimeAdapterError(
                 f"{self.runtime}: input shape {tuple(x.shape)} does not match the artifact's {want} (NCHW)"
             )

@@ -9,7 +9,6 @@ from edgeprune import data
 from edgeprune.data import shapes
 from edgeprune.errors import DataError
 
-
 # ---- shapes ------------------------------------------------------------------------------
 
 def test_shapes_is_deterministic_and_balanced():

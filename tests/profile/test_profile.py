@@ -164,3 +164,12 @@ def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
 def test_unmeasurable_targets(target, msg):
     with pytest.raises(ConfigError, match=msg):
         measure(TinyNet(), target, input_shape=SHAPE)
+
+
+def test_package_is_callable_as_the_profile_verb():
+    import edgeprune
+
+    assert callable(edgeprune.profile)
+    assert edgeprune.profile.LatencyProfile is LatencyProfile
+    with pytest.raises(ConfigError, match="analytical"):
+        edgeprune.profile(TinyNet(), "macs", input_shape=SHAPE)
