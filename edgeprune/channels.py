@@ -36,7 +36,8 @@ class ChannelGroup:
 def _graph(model: nn.Module, example_input: torch.Tensor):
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    with torch.enable_grad():  # the graph is traced through autograd
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
 def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:

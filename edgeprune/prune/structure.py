@@ -5,7 +5,8 @@ or input channels it is (with a multiplier: a linear head after a flatten of C x
 H*W features per channel), and the parameters that gate it (METHOD.md: the BatchNorm gamma and
 beta of every BN in the group, or the root's output filters and bias when the group has no
 BN). ``layer_widths`` turns hypothetical group widths into every layer's (c_in, c_out), which
-is what a latency profile prices.
+is what a latency profile prices (a layer holding a share of a group, such as one branch of
+a concatenation, is priced at that share of the group's width).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from edgeprune.channels import _graph, output_layers
 class GroupStructure:
     name: str  # root layer's module path
     width: int  # channels now
-    outs: tuple[tuple[str, int], ...]  # (conv/linear path, features per channel) producing it
-    ins: tuple[tuple[str, int], ...]  # (conv/linear path, features per channel) consuming it
-    bns: tuple[str, ...]  # BatchNorm paths in the group (their gamma/beta are the gates)
+    # (conv/linear path, its channels per group channel): 16 for a linear head after a
+    # 4x4 flatten, 0.5 for one of two concatenated branches
+    outs: tuple[tuple[str, float], ...]  # layers whose output channels are (part of) the group
+    ins: tuple[tuple[str, float], ...]  # layers whose input channels are (part of) the group
+    # (BatchNorm path, its channel indices, the group channel of each): the gates
+    bns: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
 
 
 def group_structure(model: nn.Module, example_input: torch.Tensor) -> list[GroupStructure]:
@@ -34,19 +38,25 @@ def group_structure(model: nn.Module, example_input: torch.Tensor) -> list[Group
     out = []
     for g in dg.get_all_groups(ignored_layers=output_layers(model, example_input)):
         width = len(g[0].idxs)
-        outs, ins, bns = {}, {}, []
-        for dep, idxs in g:
-            mod = dep.target.module
+        outs: dict[str, float] = {}
+        ins: dict[str, float] = {}
+        bns: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for i in range(len(g)):
+            item = g[i]
+            mod = item.dep.target.module
             path = names.get(mod)
             if path is None:
                 continue
-            mult = max(1, len(idxs) // width)
+            share = len(item.idxs) / width
             if isinstance(mod, nn.BatchNorm2d):
-                bns.append(path)
+                bns.setdefault(path, (tuple(int(v) for v in item.idxs),
+                                      tuple(int(v) for v in item.root_idxs)))
             elif isinstance(mod, (nn.Conv2d, nn.Linear)):
-                (outs if dg.is_out_channel_pruning_fn(dep.handler) else ins)[path] = mult
+                side = outs if dg.is_out_channel_pruning_fn(item.dep.handler) else ins
+                side[path] = share
         out.append(GroupStructure(names[g[0].dep.target.module], width, tuple(outs.items()),
-                                  tuple(ins.items()), tuple(dict.fromkeys(bns))))
+                                  tuple(ins.items()),
+                                  tuple((p, local, root) for p, (local, root) in bns.items())))
     return out
 
 
@@ -63,11 +73,11 @@ def layer_widths(model: nn.Module, groups: list[GroupStructure],
     modules = dict(model.named_modules())
     for g in groups:
         w = int(group_widths.get(g.name, g.width))
-        for path, mult in g.outs:
-            widths[path][1] = w * mult
+        for path, share in g.outs:
+            widths[path][1] = max(1, round(w * share))
             m = modules[path]
             if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
-                widths[path][0] = w * mult  # depthwise: in and out channels move together
-        for path, mult in g.ins:
-            widths[path][0] = w * mult
+                widths[path][0] = widths[path][1]  # depthwise: in and out move together
+        for path, share in g.ins:
+            widths[path][0] = max(1, round(w * share))
     return {k: (v[0], v[1]) for k, v in widths.items()}

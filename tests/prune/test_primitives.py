@@ -71,7 +71,7 @@ def test_structure_maps_group_widths_to_layers():
     groups = group_structure(m, torch.zeros(1, 3, 32, 32))
     last = next(g for g in groups if g.name == "features.17")
     assert dict(last.ins) == {"classifier": 16}  # 512 x 4 x 4 flattened
-    assert last.bns == ("features.18",)
+    assert [b for b, _, _ in last.bns] == ["features.18"] and last.bns[0][2] == tuple(range(512))
     w = layer_widths(m, groups, {"features.17": 256})
     assert w["features.17"] == (512, 256) and w["classifier"] == (256 * 16, 10)
 
