@@ -62,6 +62,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     _set_threads(a.threads)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    zoo.create(a.model)  # an unknown name fails here, before any data is read
     src = data.open(a.data, split=None if ":" in a.data else "train", labels=True, limit=a.limit)
     val = None
     val_spec = a.val_data

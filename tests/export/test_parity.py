@@ -112,10 +112,14 @@ def test_bad_example_input(tmp_path):
 def test_failed_conversion_leaves_no_file(tmp_path):
     class Bad(torch.nn.Module):
         def forward(self, x):
-            return torch.from_numpy(x.numpy() * 2)  # not traceable
+            if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+                return x * 2
+            return x
 
     with pytest.raises(ExportError):
-        export.to_onnx(Bad(), tmp_path / "m.onnx", torch.zeros(1, 3, 8, 8))
+        export.to_onnx(Bad(), tmp_path / "m.onnx", torch.ones(1, 3, 8, 8))
+    with pytest.raises(ExportError):
+        export.to_tflite(Bad(), tmp_path / "m.tflite", torch.ones(1, 3, 8, 8))
     assert list(tmp_path.iterdir()) == []
 
 
