@@ -131,3 +131,31 @@ def test_train_on_cifar10_directory_validates_on_its_test_batch(capsys, tmp_path
     assert metrics["val_data"] == f"{root}:test" and metrics["val_images"] == 8
     assert metrics["train_images"] == 40
     assert edgeprune.load(out_dir / "model.safetensors").edgeprune_spec.input.class_names[0] == "c0"
+
+
+def _bad_data(tmp_path, kind):
+    if kind == "empty folder":
+        (tmp_path / "imgs").mkdir()
+        return str(tmp_path / "imgs"), "no .png/.jpg files"
+    if kind == "unreadable image":
+        (tmp_path / "imgs").mkdir()
+        (tmp_path / "imgs" / "a.png").write_bytes(b"not a png")
+        return str(tmp_path / "imgs"), "cannot be read"
+    if kind == "wrong shape":
+        np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 5), np.uint8))
+        return str(tmp_path / "x.npy"), "no axis of 1 or 3 channels"
+    np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 3), np.int64))
+    return str(tmp_path / "x.npy"), "dtype int64"
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "unreadable image", "wrong shape", "wrong dtype"])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_bad_data_exits_with_one_line(capsys, tmp_path, ckpt, kind, command):
+    spec, needle = _bad_data(tmp_path, kind)
+    if command == "train":
+        argv = ["train", "--model", "resnet20", "--data", spec, "--out", str(tmp_path / "out")]
+    else:
+        argv = ["eval", ckpt, "--data", spec, "--no-labels"]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
