@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target", required=True, help="target name (targets/*.toml) or .toml path")
     pr.add_argument("--model", required=True, help="checkpoint (.safetensors) or zoo name")
     pr.add_argument("--out", required=True, help="profile JSON to write")
-    pr.add_argument("--max-points", type=_positive_int, default=5,
-                    help="grid points per width axis (default 5)")
+    pr.add_argument("--max-points", type=_positive_int, default=8,
+                    help="grid points per width axis (default 8)")
     pr.add_argument("--cache", default=None, help="earlier profile whose points are reused")
     pr.add_argument("--torch-threads", type=_positive_int, default=None)
     pr.set_defaults(func=cmd_profile)

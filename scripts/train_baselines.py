@@ -27,7 +27,7 @@ OUT = ROOT / "bench" / "baselines"
 RUNS = {
     "resnet20-shapes": ("resnet20", "shapes", 15, None),
     "resnet20-digits": ("resnet20", "digits", 15, None),
-    "resnet56-shapes": ("resnet56", "shapes", 6, None),
+    "resnet56-shapes": ("resnet56", "shapes", 8, None),
     "mobilenetv2-shapes": ("mobilenetv2", "shapes", 3, 5000),
     "vgg_small-shapes": ("vgg_small", "shapes", 2, 5000),
 }

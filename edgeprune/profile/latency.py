@@ -264,7 +264,7 @@ def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
 
 
 def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, int, int] | None = None,
-            max_points: int = 5, cache: LatencyProfile | None = None, workers: int | None = None,
+            max_points: int = 8, cache: LatencyProfile | None = None, workers: int | None = None,
             on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
     """Measure a latency profile of ``model``'s architecture on ``target`` (model unchanged).
 

@@ -36,7 +36,7 @@ def test_profile_contents(mini):
     assert prof.source == "measured" and prof.target.threads == 1
     assert set(prof.layers) == {u.path for u in layer_units(model, SHAPE)}
     stem = prof.tables[prof.layers["stem.0"]]
-    assert stem.c_in == (3,) and stem.c_out == (8, 32)  # input channels are fixed
+    assert stem.c_in == (3,) and stem.c_out == (16, 32)  # input channels are fixed
     assert prof.tables[prof.layers["fc"]].c_out == (10,)  # classes are fixed
     assert prof.tables[prof.layers["dw.0"]].kind == "dwconv"
     assert len(prof.calibration) == 3 and prof.overhead_ms > 0

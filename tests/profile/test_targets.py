@@ -17,7 +17,7 @@ def test_shipped_targets_all_load():
 
 def test_host_litert_fields():
     t = load_target("host-litert")
-    assert (t.runtime, t.precision, t.threads, t.delegate, t.round_to) == ("litert", "fp32", 1, "xnnpack", 8)
+    assert (t.runtime, t.precision, t.threads, t.delegate, t.round_to) == ("litert", "fp32", 1, "xnnpack", 16)
     assert t.is_local and not t.is_analytical
     assert (t.measure.warmup, t.measure.runs) == (10, 50)
     assert load_target("raspberry-pi-4-litert").connection.startswith("agent://")
