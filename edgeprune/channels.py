@@ -34,6 +34,8 @@ class ChannelGroup:
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's graph of ``model`` itself (it traces a forward pass: callers that must
+    not touch a model's mode or BatchNorm statistics pass a copy)."""
     import torch_pruning as tp
 
     with torch.enable_grad():  # the graph is traced through autograd
@@ -59,7 +61,9 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
 
 
 def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """Every prunable channel group of ``model`` (not modified)."""
+    """Every prunable channel group of ``model`` (not modified: the graph is traced on an
+    eval-mode copy)."""
+    model = copy.deepcopy(model).eval()
     dg = _graph(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     groups = []

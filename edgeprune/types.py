@@ -119,4 +119,4 @@ class Progress:
     stage: str
     step: int
     total: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)

@@ -5,7 +5,8 @@ For each zoo model and host target: build the profile (timed), draw random prune
 predict each, convert and measure it end to end. Writes bench/results/latency_predictor.json
 with, per target and model, the share of variants within +-10% and +-5%, the median and max
 absolute % error, the profile build time, and the speed-up fidelity: measured speed-up vs MACs
-reduction for the same variants. The profiles are saved to profiles/<target>/<model>.json.
+reduction for the same variants. The profiles are saved to profiles/<target>/<model>.json
+(not with --quick, so `make bench` leaves the committed profiles alone).
 
     .venv/bin/python scripts/bench_latency_predictor.py [--quick] [--models resnet20 ...]
         [--targets host-litert host-onnxruntime] [--variants 30]
@@ -59,16 +60,19 @@ def _convert(model, target, path):
     return convert_for(model, target, path, torch.zeros(1, *SHAPE))
 
 
-def run_one(name: str, target_name: str, n_variants: int, seed: int, log) -> dict:
+def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: bool) -> dict:
     target = load_target(target_name)
     torch.manual_seed(seed)
     model = zoo.create(name).eval()
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
-    out_path = ROOT / "profiles" / target.name / f"{name}.json"
-    prof.save(out_path)
-    log(f"  {name} on {target.name}: profile built in {build_s:.0f} s -> {out_path.relative_to(ROOT)}")
+    where = "not saved (--quick)"
+    if save:
+        out_path = ROOT / "profiles" / target.name / f"{name}.json"
+        prof.save(out_path)
+        where = str(out_path.relative_to(ROOT))
+    log(f"  {name} on {target.name}: profile built in {build_s:.0f} s -> {where}")
     example = torch.zeros(1, *SHAPE)
     groups = channel_groups(model, example)
     base_ms = measure(model, target, input_shape=SHAPE).median_ms
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for target in a.targets:
         for name in models:
-            results.append(run_one(name, target, n, a.seed, log))
+            results.append(run_one(name, target, n, a.seed, log, save=not a.quick))
     print()
     print(f"{'target':18} {'model':12} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
           f"{'max|err|%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -292,11 +292,12 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     version = runtime_version(t.runtime)
     host = host_identity()
     cached = _cache_points(cache, t, version, host)
-    model = model.eval()
-    units = layer_units(model, shape)
+    units = layer_units(model, shape)  # the caller's model is only read
     plan = _points_needed(units, t.round_to, max_points)
+    todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
+            for ci in c_in for co in c_out if (sig, ci, co) not in cached]
     n_points = sum(len(ci) * len(co) for _, ci, co in plan.values())
-    total = n_points + 1 + len(CALIBRATION_KEEP)
+    total = 1 + len(todo) + n_points + len(CALIBRATION_KEEP)
     step = 0
 
     def tick(what: str) -> None:
@@ -315,9 +316,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
 
         # convert every missing point first (in parallel), then time them one by one, so
         # no conversion runs beside a timed run
-        todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
-                for ci in c_in for co in c_out if (sig, ci, co) not in cached]
-        paths = _convert_points(todo, t, Path(d), workers)
+        paths = _convert_points(todo, t, Path(d), workers, lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
         tables: dict[str, LayerTable] = {}
         for sig, (unit, c_in, c_out) in plan.items():
             rows = []
@@ -372,16 +371,24 @@ def _worker_init() -> None:
 
 
 def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target, d: Path,
-                    workers: int) -> dict[tuple[str, int, int], Path]:
+                    workers: int, done: Callable[[tuple[str, int, int]], None]
+                    ) -> dict[tuple[str, int, int], Path]:
     suffix = _SUFFIX[target.runtime]
     jobs = {(sig, ci, co): (unit, ci, co, target, d / f"point{i}{suffix}")
             for i, (sig, unit, ci, co) in enumerate(todo)}
+    paths = {}
     if workers == 1 or len(jobs) < 4:
-        return {k: _convert_point(*args) for k, args in jobs.items()}
+        for k, args in jobs.items():
+            paths[k] = _convert_point(*args)
+            done(k)
+        return paths
     ctx = multiprocessing.get_context("spawn")  # fork after torch/LiteRT threads start is unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
-        futures = {k: ex.submit(_convert_point, *args) for k, args in jobs.items()}
-        return {k: f.result() for k, f in futures.items()}
+        futures = {ex.submit(_convert_point, *args): k for k, args in jobs.items()}
+        for f in as_completed(futures):
+            paths[futures[f]] = f.result()
+            done(futures[f])
+    return paths
 
 
 def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:

@@ -11,6 +11,7 @@ a concatenation, is priced at that share of the group's width).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ class GroupStructure:
 
 
 def group_structure(model: nn.Module, example_input: torch.Tensor) -> list[GroupStructure]:
+    """The channel groups of ``model`` (not modified: traced on an eval-mode copy)."""
+    model = copy.deepcopy(model).eval()
     dg = _graph(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     out = []

@@ -173,3 +173,16 @@ def test_package_is_callable_as_the_profile_verb():
     assert edgeprune.profile.LatencyProfile is LatencyProfile
     with pytest.raises(ConfigError, match="analytical"):
         edgeprune.profile(TinyNet(), "macs", input_shape=SHAPE)
+
+
+def test_profile_reports_progress_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = TinyNet(width=16).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    prof = profile(model, "host-onnxruntime", input_shape=SHAPE, max_points=2, on_progress=seen.append)
+    assert model.training  # not switched to eval
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    points = sum(t.points() for t in prof.tables.values())
+    assert [p.step for p in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].step == seen[-1].total == 1 + 2 * points + 3  # probe, convert, time, calibrate
