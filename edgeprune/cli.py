@@ -132,8 +132,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load_model(text: str):
-    """A checkpoint path (.safetensors) or a zoo name (fresh weights: latency does not
-    depend on weight values for fp32 runtimes)."""
+    """A checkpoint path (.safetensors) or a zoo name (fresh weights with default
+    BatchNorm: latency depends on structure, as long as no branch is exactly zero)."""
     import edgeprune
     from edgeprune import zoo
     from edgeprune.checkpoint import spec_of
@@ -142,7 +142,10 @@ def _load_model(text: str):
     if text.endswith(".safetensors"):
         return edgeprune.load(text)
     if text in zoo.names():
-        m = zoo.create(text).eval()
+        from edgeprune.profile.latency import dense_copy
+
+        # fresh weights, default BatchNorm: zero-init residual branches would be folded away
+        m = dense_copy(zoo.create(text)).eval()
         m.edgeprune_spec = spec_of(m)
         return m
     raise ConfigError(f"model {text!r} is neither a .safetensors checkpoint nor a zoo model "

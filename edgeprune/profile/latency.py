@@ -403,6 +403,24 @@ def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm at PyTorch's default (gamma 1, beta 0).
+
+    Latency depends on structure, not weight values, with one exception: converters fold
+    BatchNorm into the conv and delete work that is provably zero. A freshly initialised
+    zoo model has zero-gamma residual branches, which would vanish from the converted graph
+    and make it look faster than the trained model. Measure trained models, or this copy.
+    """
+    import copy
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d) and mod.affine:
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+    return m
+
+
 def _round_width(w: float, round_to: int, full: int) -> int:
     return int(min(full, max(round_to, round_to * round(w / round_to))))
 

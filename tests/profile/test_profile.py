@@ -186,3 +186,19 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     points = sum(t.points() for t in prof.tables.values())
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].step == seen[-1].total == 1 + 2 * points + 3  # probe, convert, time, calibrate
+
+
+def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
+    from edgeprune import export
+    from edgeprune.profile.latency import dense_copy
+
+    fresh = zoo.create("resnet20")  # zero-init residual BatchNorms
+    x = torch.zeros(1, 3, 32, 32)
+    folded = export.tflite_op_names(export.to_tflite(fresh, tmp_path / "fresh.tflite", x))
+    dense = dense_copy(fresh)
+    kept = export.tflite_op_names(export.to_tflite(dense, tmp_path / "dense.tflite", x))
+    # 19 3x3 convs + 2 projection shortcuts; zero branches are folded away by the converter
+    assert kept.count("CONV_2D") == 21
+    assert folded.count("CONV_2D") < 21
+    assert float(fresh.layer1[0].bn2.weight.abs().sum()) == 0.0  # the original is untouched
+    assert torch.equal(dense.layer1[0].bn2.weight, torch.ones(16))
