@@ -144,7 +144,7 @@ def _load_model(text: str):
     if text in zoo.names():
         from edgeprune.profile.latency import dense_copy
 
-        # fresh weights, default BatchNorm: zero-init residual branches would be folded away
+        # fresh weights, default BatchNorm: zero-gamma branches would be folded away
         m = dense_copy(zoo.create(text)).eval()
         m.edgeprune_spec = spec_of(m)
         return m

@@ -20,11 +20,10 @@ def test_training_reduces_loss_and_leaves_the_input_model_alone(tiny_data):
     torch.manual_seed(0)
     model = zoo.create("resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    # zero-init residual branches start slowly; 6 short epochs at lr 0.2 give ~0.76x here
     res = train(model, digits, input_spec=spec,
-                config=TrainConfig(epochs=6, batch_size=32, lr=0.2, augment=False, seed=0))
+                config=TrainConfig(epochs=4, batch_size=32, lr=0.05, augment=False, seed=0))
     losses = [h["loss"] for h in res.history]
-    assert losses[-1] < 0.85 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert res.model is not model and not res.model.training
 

@@ -55,11 +55,6 @@ class MobileNetV2(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
-        # residual branches start at zero (Goyal et al. 2017): the net starts shallow and
-        # trains from the first steps
-        for m in self.modules():
-            if isinstance(m, InvertedResidual) and m.use_residual:
-                nn.init.zeros_(m.conv[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))

@@ -407,9 +407,10 @@ def dense_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every BatchNorm at PyTorch's default (gamma 1, beta 0).
 
     Latency depends on structure, not weight values, with one exception: converters fold
-    BatchNorm into the conv and delete work that is provably zero. A freshly initialised
-    zoo model has zero-gamma residual branches, which would vanish from the converted graph
-    and make it look faster than the trained model. Measure trained models, or this copy.
+    BatchNorm into the conv and delete work that is provably zero. A model with zero-gamma
+    BatchNorms (zero-initialised residual branches, gates driven to zero) loses those
+    branches from its converted graph and looks faster than it is. Measure trained models,
+    or this copy.
     """
     import copy
 
