@@ -34,11 +34,14 @@ class ChannelGroup:
 
 
 def _graph(model: nn.Module, example_input: torch.Tensor):
-    """Torch-Pruning's graph of ``model`` itself (it traces a forward pass: callers that must
-    not touch a model's mode or BatchNorm statistics pass a copy)."""
+    """Torch-Pruning's graph of ``model`` itself (it traces a forward pass and sets
+    requires_grad: callers that must not touch a model's mode, BatchNorm statistics or
+    parameter flags pass a copy)."""
     import torch_pruning as tp
 
-    with torch.enable_grad():  # the graph is traced through autograd
+    for p in model.parameters():  # the graph is traced through autograd: a frozen model
+        p.requires_grad_(True)    # (requires_grad=False) would show no dependencies
+    with torch.enable_grad():
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 

@@ -124,6 +124,102 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_ratio(text: str) -> float:
+    t = text.strip().lower()
+    try:
+        v = float(t[:-1] if t.endswith("x") else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ratio; write e.g. 0.5x") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; need a ratio in (0, 1], e.g. 0.5x")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{v} is invalid; need a finite number > 0")
+    return v
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    import hashlib
+
+    import edgeprune
+    from edgeprune import data
+    from edgeprune._io import atomic_path, write_json
+    from edgeprune.errors import ConfigError
+    from edgeprune.profile import load_target
+    from edgeprune.prune import PruneConfig
+
+    _set_threads(a.threads)
+    cfg = PruneConfig()
+    if a.config:
+        try:
+            cfg = PruneConfig.from_dict(json.loads(Path(a.config).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read prune config {a.config!r}: {e}") from e
+    overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed")
+                 if getattr(a, k) is not None}
+    cfg = cfg.replace(**overrides)
+    load_target(a.target)  # an unknown target fails before any data is read
+    model = edgeprune.load(a.checkpoint)
+    spec = model.edgeprune_spec
+    src = data.open(a.data, labels=False, size=spec.input.hw, limit=a.limit)
+    batches = data.Batches(src, a.batch_size, mean=spec.input.mean, std=spec.input.std,
+                           augment=True, fixed_batches=cfg.heldout_batches, seed=cfg.seed)
+    tick, close = _progress_bar("prune")
+    try:
+        res = edgeprune.prune(model, batches, target=a.target, profile=a.profile,
+                              budget_ms=a.budget_ms, budget_ratio=a.budget, config=cfg,
+                              on_progress=tick)
+    finally:
+        close()
+    out = Path(a.out)
+    sha = hashlib.sha256(Path(a.checkpoint).read_bytes()).hexdigest()
+    meta = {"pruned_from": str(a.checkpoint), "pruned_from_sha256": sha, "target": res.target,
+            "predicted": res.predicted_ms, "cost_unit": res.cost_unit}
+    edgeprune.save(res.model, out / "model.safetensors", spec=spec.with_metadata(**meta))
+    report = {"checkpoint": str(a.checkpoint), "checkpoint_sha256": sha, "data": a.data,
+              "images": len(src), "batch_size": a.batch_size,
+              "command": "edgeprune " + " ".join(shlex.quote(x) for x in a.argv),
+              "edgeprune_version": edgeprune.__version__, **res.to_dict()}
+    write_json(out / "prune_report.json", report)
+    with atomic_path(out / "prune_report.md") as tmp:
+        tmp.write_text(_prune_markdown(res, report))
+    print(res)
+    print(f"wrote {out / 'model.safetensors'}, {out / 'prune_report.json'}, {out / 'prune_report.md'}")
+    return 0
+
+
+def _prune_markdown(res, report: dict) -> str:
+    u = res.cost_unit
+    lines = [f"# Pruning report: {report['checkpoint']} for {res.target}", "",
+             f"`{report['command']}`", "",
+             "| | before | after |", "|---|---:|---:|",
+             f"| predicted cost ({u}, {res.cost_source}) | {res.baseline_predicted_ms:.4g} | "
+             f"{res.predicted_ms:.4g} |",
+             f"| params | {res.params_before:,} | {res.params_after:,} |",
+             f"| MACs | {res.macs_before:,} | {res.macs_after:,} |", "",
+             f"Budget {res.budget_ms:.4g} {u}; student {res.student} chosen (KL to teacher on held-out "
+             f"batches: {', '.join(f'{k:.4f}' for k in res.student_kl)}); removal max |dlogit| "
+             f"{res.removal_max_abs_diff:.2e}; largest gate norm hard-zeroed at the end "
+             f"{res.max_hard_zeroed_norm:.2e}; {res.steps} steps in {res.seconds:.0f} s. "
+             "No labels were read and nothing was fine-tuned after removal.", "",
+             "| group (root layer) | width before | width after |", "|---|---:|---:|"]
+    lines += [f"| {g} | {w} | {res.group_widths_after[g]} |" for g, w in res.group_widths_before.items()]
+    lines += ["", f"| step | budget_t ({u}) | predicted ({u}, per student) | KD | AT | ML |",
+              "|---:|---:|---|---:|---:|---:|"]
+    for h in res.history:
+        preds = ", ".join(f"{p:.4g}" for p in h["predicted"])
+        lines.append(f"| {h['step']} | {h['budget_t']:.4g} | {preds} | {h.get('kd', 0):.4f} | "
+                     f"{h.get('feat', 0):.5f} | {h.get('ml', 0):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors print one line (what was wrong, and where to look), then exit 2."""
 
@@ -221,6 +317,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cache", default=None, help="earlier profile whose points are reused")
     pr.add_argument("--torch-threads", type=_positive_int, default=None)
     pr.set_defaults(func=cmd_profile)
+
+    pn = sub.add_parser("prune", help="prune a checkpoint to a latency budget on a target (no labels)")
+    pn.add_argument("checkpoint", help="trained model (.safetensors)")
+    pn.add_argument("--data", required=True, help="unlabeled data spec, e.g. shapes or a folder")
+    pn.add_argument("--target", required=True, help="target name (targets/*.toml) or .toml path")
+    pn.add_argument("--profile", default=None,
+                    help="latency profile JSON of this architecture on the target (default: measure now)")
+    b = pn.add_mutually_exclusive_group(required=True)
+    b.add_argument("--budget-ms", type=_positive_float, default=None,
+                   help="budget in predicted ms (MMACs for the macs target)")
+    b.add_argument("--budget", type=_budget_ratio, default=None,
+                   help="budget as a fraction of the baseline, e.g. 0.5x")
+    pn.add_argument("--epochs", type=_positive_int, default=None)
+    pn.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (overrides --epochs)")
+    pn.add_argument("--students", type=_positive_int, default=None)
+    pn.add_argument("--seed", type=int, default=None)
+    pn.add_argument("--batch-size", type=_positive_int, default=64)
+    pn.add_argument("--limit", type=_positive_int, default=None, help="use the first N images")
+    pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
+    pn.add_argument("--out", required=True, help="output directory")
+    pn.set_defaults(func=cmd_prune)
 
     me = sub.add_parser("measure", help="end-to-end latency of a model or artifact on a target")
     me.add_argument("subject", help="checkpoint, zoo name, .tflite or .onnx file")

@@ -29,7 +29,7 @@ OUT = ROOT / "bench" / "baselines"
 RUNS = {
     "resnet20-shapes": ("resnet20", "shapes", 15, None, 128, 0.1),
     "resnet20-digits": ("resnet20", "digits", 15, None, 128, 0.1),
-    "resnet56-shapes": ("resnet56", "shapes", 6, None, 128, 0.1),
+    "resnet56-shapes": ("resnet56", "shapes", 15, None, 128, 0.1),
     "mobilenetv2-shapes": ("mobilenetv2", "shapes", 3, 5000, 32, 0.05),
     "vgg_small-shapes": ("vgg_small", "shapes", 3, 5000, 32, 0.05),
 }

@@ -159,3 +159,52 @@ def test_bad_data_exits_with_one_line(capsys, tmp_path, ckpt, kind, command):
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def small_ckpt(tmp_path):
+    from edgeprune.checkpoint import ModelSpec
+    from edgeprune.types import InputSpec
+    from tests.prune.test_pruner import small_cnn
+
+    spec = ModelSpec("tests.prune.test_pruner:SmallCNN", {}, InputSpec(shape=(3, 16, 16)))
+    return str(edgeprune.save(small_cnn(), tmp_path / "small.safetensors", spec=spec))
+
+
+def test_prune_writes_a_loadable_checkpoint_and_reports(capsys, tmp_path, small_ckpt):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (160, 16, 16, 3), dtype=np.uint8))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"update_interval": 4}))
+    out = tmp_path / "pruned"
+    code, stdout, err = run(capsys, "prune", small_ckpt, "--data", str(tmp_path / "x.npy"), "--target", "macs",
+                            "--budget", "0.5x", "--steps", "30", "--batch-size", "16", "--config", str(cfg),
+                            "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["predicted"] <= report["budget"] == pytest.approx(0.5 * report["baseline_predicted"])
+    assert report["removal_max_abs_diff"] <= 1e-4 and report["config"]["update_interval"] == 4
+    pruned = edgeprune.load(out / "model.safetensors")
+    assert sum(p.numel() for p in pruned.parameters()) == report["params_after"]
+    assert pruned.edgeprune_spec.metadata["pruned_from_sha256"] == report["checkpoint_sha256"]
+    assert "| c3.0 |" in (out / "prune_report.md").read_text() and "MMACs" in stdout
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--budget", "2x"], ["--budget", "2x"]),
+    (["--budget", "half"], ["--budget", "half"]),
+    (["--budget-ms", "-1"], ["--budget-ms"]),
+    ([], ["--budget"]),
+    (["--budget", "0.5x", "--target", "pi4"], ["pi4", "host-litert"]),
+    (["--budget", "0.5x", "--config", "/no/cfg.json"], ["/no/cfg.json"]),
+    (["--budget-ms", "0.000001"], ["below the smallest reachable"]),
+    (["--budget", "0.5x", "--batch-size", "64"], ["fixed_batches=2", "64 images"]),
+])
+def test_prune_error_paths(capsys, tmp_path, small_ckpt, extra, needles):
+    np.save(tmp_path / "x.npy", np.zeros((64, 16, 16, 3), dtype=np.uint8))
+    argv = ["prune", small_ckpt, "--data", str(tmp_path / "x.npy"), "--target", "macs", "--steps", "30",
+            "--batch-size", "16", "--out", str(tmp_path / "o"), *extra]
+    if "--target" in extra:
+        argv[4:6] = []
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()

@@ -13,10 +13,11 @@ requested size. Normalisation belongs to the model (its ``InputSpec``) and is ap
 """
 
 from edgeprune.data.sources import (
+    Batches,
     ImageSource,
     batches,
     channel_stats,
     open,  # noqa: A004 - the public verb is edgeprune.data.open
 )
 
-__all__ = ["ImageSource", "batches", "channel_stats", "open"]
+__all__ = ["Batches", "ImageSource", "batches", "channel_stats", "open"]

@@ -371,6 +371,45 @@ def batches(source: ImageSource, batch_size: int, *, mean: Sequence[float] | Non
         yield (x, y) if y is not None else x
 
 
+class Batches:
+    """A re-iterable of normalised batches (what :func:`edgeprune.prune` and training loops
+    want): every pass reshuffles (seed + pass number) and augments, except the first
+    ``fixed_batches`` batches, which are the same un-augmented images in the same order on
+    every pass (the pruner holds them out to pick its best student)."""
+
+    def __init__(self, source: ImageSource, batch_size: int, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, shuffle: bool = True, augment: bool = False,
+                 fixed_batches: int = 0, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size} is invalid; need at least 1")
+        if fixed_batches < 0 or fixed_batches * batch_size >= len(source):
+            raise DataError(f"fixed_batches={fixed_batches} (batches of {batch_size} images) is invalid "
+                            f"for {len(source)} images: it must leave some to train on; use more "
+                            "images, a smaller batch size or fewer fixed batches")
+        self.source, self.batch_size = source, batch_size
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1) if mean is not None else None
+        self.std = torch.tensor(std).view(1, -1, 1, 1) if std is not None else None
+        self.shuffle, self.augment, self.fixed, self.seed = shuffle, augment, fixed_batches, seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.source) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed + self.passes)
+        self.passes += 1
+        n, head = len(self.source), self.fixed * self.batch_size
+        rest = torch.randperm(n - head, generator=g).numpy() if self.shuffle else np.arange(n - head)
+        order = np.concatenate([np.arange(head), head + rest])
+        for i, start in enumerate(range(0, n, self.batch_size)):
+            x, y = self.source.get_batch(order[start:start + self.batch_size])
+            if self.augment and i >= self.fixed:
+                x = _augment(x, g, flip=self.source.flip_ok)
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            yield (x, y) if y is not None else x
+
+
 def _augment(x: torch.Tensor, g: torch.Generator, *, flip: bool, pad: int = 4) -> torch.Tensor:
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")

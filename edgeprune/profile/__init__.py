@@ -5,9 +5,7 @@
 (``from edgeprune.profile import LatencyProfile``).
 """
 
-import sys
-import types
-
+from edgeprune._callable import make_callable
 from edgeprune.profile.latency import LatencyProfile, profile
 from edgeprune.profile.measurement import measure
 from edgeprune.profile.table import LayerTable
@@ -16,12 +14,4 @@ from edgeprune.profile.targets import Target, load_target, target_names
 __all__ = ["LatencyProfile", "LayerTable", "Target", "load_target", "measure", "profile",
            "target_names"]
 
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return profile(*args, **kwargs)
-
-    __call__.__doc__ = profile.__doc__
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, lambda: profile, profile.__doc__ or "")

@@ -28,13 +28,16 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
 
 
 def attention_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """sum_j mean over the batch of ||A(F_T^j) - A(F_k^j)||^2."""
+    """sum_j mean over the batch and the map's positions of (A(F_T^j) - A(F_k^j))^2.
+
+    The mean over positions is the attention-transfer reference code's scale, at which
+    lambda2 = 1e3 is its tuned weight (a sum over 32x32 positions would be 1024x larger)."""
     if len(student_feats) != len(teacher_feats):
         raise ValueError(f"{len(student_feats)} student features vs {len(teacher_feats)} teacher features")
     total = torch.zeros(())
     for s, t in zip(student_feats, teacher_feats, strict=True):
         diff = attention_map(s) - attention_map(t.detach())
-        total = total + diff.pow(2).sum(dim=1).mean()
+        total = total + diff.pow(2).mean()
     return total
 
 

@@ -63,24 +63,45 @@ def group_structure(model: nn.Module, example_input: torch.Tensor) -> list[Group
     return out
 
 
+class WidthMap:
+    """Every conv/linear's (c_in, c_out) as a function of group widths: ``wm({g: width})``
+    (groups not named keep their width; layers in no group keep theirs). Built once per
+    model, so a selection loop can price thousands of candidate widths cheaply."""
+
+    def __init__(self, model: nn.Module, groups: list[GroupStructure]) -> None:
+        self.base: dict[str, tuple[int, int]] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                self.base[name] = (m.in_channels, m.out_channels)
+            elif isinstance(m, nn.Linear):
+                self.base[name] = (m.in_features, m.out_features)
+        modules = dict(model.named_modules())
+        # per group: (layer path, side 0=in 1=out, share, depthwise)
+        self.effects: dict[str, list[tuple[str, int, float, bool]]] = {}
+        for g in groups:
+            eff = []
+            for path, share in g.outs:
+                m = modules[path]
+                dw = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+                eff.append((path, 1, share, dw))
+            eff += [(path, 0, share, False) for path, share in g.ins]
+            self.effects[g.name] = eff
+
+    def __call__(self, group_widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        widths = dict(self.base)
+        for gname, w in group_widths.items():
+            for path, side, share, dw in self.effects[gname]:
+                n = max(1, round(int(w) * share))
+                ci, co = widths[path]
+                if side == 1:
+                    widths[path] = (n, n) if dw else (ci, n)  # depthwise: in and out move together
+                else:
+                    widths[path] = (n, co)
+        return widths
+
+
 def layer_widths(model: nn.Module, groups: list[GroupStructure],
                  group_widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     """(c_in, c_out) of every conv/linear when each group ``g`` has ``group_widths[g]``
     channels (groups not named keep their width; layers in no group keep theirs)."""
-    widths: dict[str, list[int]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            widths[name] = [m.in_channels, m.out_channels]
-        elif isinstance(m, nn.Linear):
-            widths[name] = [m.in_features, m.out_features]
-    modules = dict(model.named_modules())
-    for g in groups:
-        w = int(group_widths.get(g.name, g.width))
-        for path, share in g.outs:
-            widths[path][1] = max(1, round(w * share))
-            m = modules[path]
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
-                widths[path][0] = widths[path][1]  # depthwise: in and out move together
-        for path, share in g.ins:
-            widths[path][0] = max(1, round(w * share))
-    return {k: (v[0], v[1]) for k, v in widths.items()}
+    return WidthMap(model, groups)(group_widths)

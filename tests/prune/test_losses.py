@@ -33,11 +33,12 @@ def test_attention_map_is_width_independent():
 
 
 def test_attention_loss_golden():
-    # one sample, 2x1 map: A(F) = normalize([1, 0]) vs normalize([0, 1]) -> distance^2 = 2
+    # one sample, 2x1 map: A(F) = normalize([1, 0]) vs normalize([0, 1]) -> squared
+    # distance 2 over 2 positions -> mean 1
     s = torch.tensor([[[[1.0], [0.0]]]])
     t = torch.tensor([[[[0.0], [2.0]]]])
-    assert float(attention_loss([s], [t])) == pytest.approx(2.0)
-    assert float(attention_loss([s, s], [t, s])) == pytest.approx(2.0)
+    assert float(attention_loss([s], [t])) == pytest.approx(1.0)
+    assert float(attention_loss([s, s], [t, s])) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         attention_loss([s], [])
 
