@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from edgeprune.data import input_of
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.profile import LatencyProfile, Target, load_target
 from edgeprune.prune.config import PruneConfig
 from edgeprune.prune.cost import Cost, LatencyCost, MacsCost
-from edgeprune.prune.pruner import PruneResult, batch_input, run
+from edgeprune.prune.pruner import PruneResult, run
 from edgeprune.types import Progress
 
 
@@ -46,7 +47,7 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
     if t.is_analytical:
         if profile is not None:
             raise ConfigError(f"target {t.name!r} is analytical (MACs); it takes no latency profile")
-        shape = tuple(batch_input(next(iter(data))).shape[1:])
+        shape = tuple(input_of(next(iter(data))).shape[1:])
         cost = MacsCost(model, shape)  # type: ignore[arg-type]
     else:
         if profile is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -178,6 +179,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
                               on_progress=tick)
     finally:
         close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun every rank holds the same result; rank 0 writes it
     out = Path(a.out)
     sha = hashlib.sha256(Path(a.checkpoint).read_bytes()).hexdigest()
     meta = {"pruned_from": str(a.checkpoint), "pruned_from_sha256": sha, "target": res.target,
@@ -218,6 +221,61 @@ def _prune_markdown(res, report: dict) -> str:
         lines.append(f"| {h['step']} | {h['budget_t']:.4g} | {preds} | {h.get('kd', 0):.4f} | "
                      f"{h.get('feat', 0):.5f} | {h.get('ml', 0):.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import edgeprune
+    from edgeprune import data
+    from edgeprune.errors import ConfigError
+    from edgeprune.export import FORMATS
+
+    _set_threads(a.threads)
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--formats {a.formats!r} has unknown format(s) {bad}; choose from {','.join(FORMATS)}")
+    model = edgeprune.load(a.checkpoint)
+    spec = model.edgeprune_spec.input
+    calib = None
+    if a.calib_data:
+        src = data.open(a.calib_data, size=spec.hw, limit=a.calib_images)
+        calib = data.Batches(src, 64, mean=spec.mean, std=spec.std, shuffle=False)
+    elif "tflite-int8" in formats:
+        raise ConfigError("--formats includes tflite-int8, which needs --calib-data SPEC (unlabeled images "
+                          "like the ones the model will see, e.g. the pruning data)")
+    tick, close = _progress_bar("export")
+    try:
+        bundle = edgeprune.export(model, a.out, formats=formats, calibration=calib,
+                                  coreml_precision=a.coreml_precision,
+                                  calibration_images=a.calib_images, on_progress=tick)
+    finally:
+        close()
+    print(bundle)
+    print(f"wrote {a.out}/ (model.json, README.md and the artifacts)")
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    import edgeprune
+    from edgeprune import data
+    from edgeprune._io import write_json
+    from edgeprune.export import Bundle
+
+    _set_threads(a.threads)
+    bundle = Bundle.load(a.bundle)
+    spec = edgeprune.read_spec(bundle.path / bundle.model_json["source_checkpoint"]["file"]).input
+    src = data.open(a.data, labels=not a.no_labels, size=spec.hw, limit=a.limit)
+    on = [p.strip() for p in a.on.split(",") if p.strip()]
+    tick, close = _progress_bar("validate")
+    try:
+        report = edgeprune.validate(bundle, data.batches(src, 256, mean=spec.mean, std=spec.std),
+                                    on=on, arm64_cpu=a.arm64_cpu, on_progress=tick)
+    finally:
+        close()
+    write_json(bundle.path / "validation.json", report.to_dict())
+    print(report)
+    print(f"wrote {bundle.path / 'validation.json'}")
+    return 0 if report.ok else 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -338,6 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
     pn.add_argument("--out", required=True, help="output directory")
     pn.set_defaults(func=cmd_prune)
+
+    ex = sub.add_parser("export", help="export a checkpoint to TFLite/int8/CoreML/ONNX with model.json")
+    ex.add_argument("checkpoint", help="model (.safetensors), e.g. a pruned one")
+    ex.add_argument("--formats", default="tflite,tflite-int8,coreml,onnx",
+                    help="comma-separated: tflite, tflite-int8, coreml, onnx")
+    ex.add_argument("--calib-data", default=None, help="unlabeled data for int8 calibration (and parity)")
+    ex.add_argument("--calib-images", type=_positive_int, default=500)
+    ex.add_argument("--coreml-precision", choices=("fp16", "fp32"), default="fp16")
+    ex.add_argument("--out", required=True, help="bundle directory")
+    ex.set_defaults(func=cmd_export)
+
+    va = sub.add_parser("validate", help="check a bundle's artifacts against PyTorch on their runtimes")
+    va.add_argument("bundle", help="bundle directory written by 'edgeprune export'")
+    va.add_argument("--data", required=True, help="data spec, e.g. shapes:test (labels give accuracy)")
+    va.add_argument("--no-labels", action="store_true", help="data has no labels: parity only")
+    va.add_argument("--on", default="host", help="comma-separated: host, arm64-emulated")
+    va.add_argument("--arm64-cpu", choices=("neoverse-n1", "cortex-a72"), default="neoverse-n1")
+    va.add_argument("--limit", type=_positive_int, default=1000, help="images to check")
+    va.set_defaults(func=cmd_validate)
 
     me = sub.add_parser("measure", help="end-to-end latency of a model or artifact on a target")
     me.add_argument("subject", help="checkpoint, zoo name, .tflite or .onnx file")

@@ -1,7 +1,8 @@
-"""The main job on bundled data: committed ResNet-20 baseline -> evaluate -> export ONNX and
-TFLite -> run both on the host runtimes -> accuracy, parity and latency.
+"""The main job on bundled data: the committed ResNet-20 baseline -> profile host-litert ->
+prune to half its predicted latency (no labels, no fine-tuning) -> evaluate both -> export
+ONNX and TFLite -> run both on the host runtimes -> accuracy, parity and measured latency.
 
-    make demo            # or: .venv/bin/python scripts/demo.py [--out out/demo]
+    make demo            # or: .venv/bin/python scripts/demo.py [--epochs N] [--out out/demo]
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ import torch
 
 import edgeprune
 from edgeprune import data, export, runtimes
+from edgeprune.profile import LatencyProfile
+from edgeprune.prune import PruneConfig
 from edgeprune.runtimes import time_session
 from edgeprune.train import evaluate, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "bench" / "baselines" / "resnet20-shapes" / "model.safetensors"
+TARGET = "host-litert"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(BASELINE))
-    ap.add_argument("--data", default="shapes:test")
+    ap.add_argument("--data", default="shapes:test", help="labeled test data (scoring only)")
+    ap.add_argument("--prune-data", default="shapes:train", help="unlabeled data the pruner learns from")
+    ap.add_argument("--budget", type=float, default=0.5, help="fraction of the predicted latency")
+    ap.add_argument("--epochs", type=int, default=3, help="pruning epochs")
     ap.add_argument("--parity-images", type=int, default=200)
     ap.add_argument("--runs", type=int, default=100, help="timed runs per runtime (median reported)")
     ap.add_argument("--out", default=str(ROOT / "out" / "demo"))
@@ -43,42 +50,74 @@ def main(argv: list[str] | None = None) -> int:
     acc = evaluate(model, test, input_spec=spec.input)
     print(f"pytorch   {a.data}: {acc}")
 
-    example = torch.zeros(1, *spec.input.shape)
+    # 1. latency profile on the target (committed points are reused when this host measured them)
     t0 = time.perf_counter()
-    onnx_path = export.to_onnx(model, out / "model.onnx", example)
-    t1 = time.perf_counter()
-    tfl_path = export.to_tflite(model, out / "model.tflite", example)
-    t2 = time.perf_counter()
-    print(f"export    {onnx_path} ({t1 - t0:.1f} s), {tfl_path} ({t2 - t1:.1f} s)")
+    committed = ROOT / "profiles" / TARGET / f"{spec.architecture}.json"
+    cache = LatencyProfile.load(committed, target=TARGET) if committed.is_file() else None
+    prof = edgeprune.profile(model, TARGET, cache=cache)
+    prof.save(out / f"profile-{TARGET}.json")
+    print(f"profile   {TARGET}: baseline predicted {prof.predict_ms(model):.3f} ms "
+          f"({time.perf_counter() - t0:.0f} s)")
 
+    # 2. prune to the budget on unlabeled images
+    t0 = time.perf_counter()
+    cfg = PruneConfig(epochs=a.epochs)
+    src = data.open(a.prune_data, size=spec.input.hw)  # labels=False: the pruner never sees any
+    batches = data.Batches(src, 64, mean=spec.input.mean, std=spec.input.std, augment=True,
+                           fixed_batches=cfg.heldout_batches)
+    res = edgeprune.prune(model, batches, target=TARGET, profile=prof, budget_ratio=a.budget, config=cfg)
+    pruned = res.model
+    edgeprune.save(pruned, out / "pruned.safetensors", spec=spec.with_metadata(pruned_for=TARGET))
+    print(f"prune     {len(src)} unlabeled images, {res.steps} steps ({time.perf_counter() - t0:.0f} s)")
+    print("          " + str(res).replace("\n", "\n          "))
+    pacc = evaluate(pruned, test, input_spec=spec.input, reference=model, reference_input_spec=spec.input)
+    print(f"pytorch   pruned on {a.data}: {pacc}")
+
+    # 3. export both, run on the host runtimes: parity and measured latency
+    rows = []
+    for name, m in (("baseline", model), ("pruned", pruned)):
+        rows += _export_and_run(m, name, spec, out, a)
+    print()
+    print(f"{'model':9} {'format':7} {'runtime':12} {'version':8} {'max|dlogit|':>11} {'top1 agree':>10} "
+          f"{'acc':>7} {'median ms':>9} {'p10-p90 ms':>13} {'size KiB':>8}")
+    for r in rows:
+        print(f"{r['model']:9} {r['format']:7} {r['runtime']:12} {r['version']:8} {r['diff']:11.2e} "
+              f"{100 * r['agree']:9.1f}% {100 * r['acc']:6.2f}% {r['lat'].median_ms:9.3f} "
+              f"{r['lat'].p10_ms:6.3f}-{r['lat'].p90_ms:6.3f} {r['size'] / 1024:8.0f}")
+    tfl = {r["model"]: r["lat"].median_ms for r in rows if r["format"] == "tflite"}
+    print(f"\nparity on {a.parity_images} {a.data} images; latency: batch 1, 1 thread, median of {a.runs} "
+          f"runs after 20 warm-up runs on this host")
+    print(f"budget    {res.budget_ms:.3f} ms on {TARGET}: pruned predicted {res.predicted_ms:.3f} ms, "
+          f"measured {tfl['pruned']:.3f} ms ({tfl['pruned'] / res.budget_ms:.2f}x the budget; measured "
+          f"speed-up {tfl['baseline'] / tfl['pruned']:.2f}x); top-1 {100 * acc.top1:.2f}% -> "
+          f"{100 * pacc.top1:.2f}%")
+    print(f"demo took {time.perf_counter() - t_start:.0f} s")
+    worst = max(r["diff"] for r in rows)
+    if worst > 1e-4 or min(r["agree"] for r in rows) < 1.0:
+        print(f"PARITY FAILED: max abs logit diff {worst:.3g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_and_run(model, name: str, spec, out: Path, a) -> list[dict]:
+    example = torch.zeros(1, *spec.input.shape)
+    paths = [export.to_onnx(model, out / f"{name}.onnx", example),
+             export.to_tflite(model, out / f"{name}.tflite", example)]
     sub = data.open(a.data, labels=True, size=spec.input.hw, limit=a.parity_images)
     ref, labels = predict(model, sub, input_spec=spec.input)
     x = np.concatenate([b[0].numpy() for b in data.batches(sub, 256, mean=spec.input.mean,
                                                               std=spec.input.std)])
     rows = []
-    for path in (onnx_path, tfl_path):
+    for path in paths:
         sess = runtimes.open_session(path, threads=1)
         got = sess.run_batched(x) if sess.input_shape[0] > 0 else sess.run(x)
-        lat = time_session(sess, x[:1], warmup=20, runs=a.runs)
-        rows.append((path.suffix[1:], sess.runtime, sess.runtime_version,
-                     float(np.abs(got - ref).max()),
-                     float((got.argmax(1) == ref.argmax(1)).mean()),
-                     float((got.argmax(1) == labels).mean()), lat, path.stat().st_size))
-
-    print()
-    print(f"{'format':8} {'runtime':12} {'version':8} {'max|dlogit|':>11} {'top1 agree':>10} "
-          f"{'acc':>7} {'median ms':>9} {'p10-p90 ms':>13} {'size KiB':>8}")
-    for fmt, rt, ver, diff, agree, accu, lat, size in rows:
-        print(f"{fmt:8} {rt:12} {ver:8} {diff:11.2e} {100 * agree:9.1f}% {100 * accu:6.2f}% "
-              f"{lat.median_ms:9.3f} {lat.p10_ms:6.3f}-{lat.p90_ms:6.3f} {size / 1024:8.0f}")
-    print(f"\nparity on {len(x)} {a.data} images; latency: batch 1, 1 thread, median of {a.runs} runs "
-          f"after 20 warm-up runs on this host")
-    print(f"demo took {time.perf_counter() - t_start:.0f} s")
-    worst = max(r[3] for r in rows)
-    if worst > 1e-4 or min(r[4] for r in rows) < 1.0:
-        print(f"PARITY FAILED: max abs logit diff {worst:.3g}", file=sys.stderr)
-        return 1
-    return 0
+        rows.append({"model": name, "format": path.suffix[1:], "runtime": sess.runtime,
+                     "version": sess.runtime_version, "diff": float(np.abs(got - ref).max()),
+                     "agree": float((got.argmax(1) == ref.argmax(1)).mean()),
+                     "acc": float((got.argmax(1) == labels).mean()),
+                     "lat": time_session(sess, x[:1], warmup=20, runs=a.runs),
+                     "size": path.stat().st_size})
+    return rows
 
 
 if __name__ == "__main__":

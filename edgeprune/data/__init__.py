@@ -17,7 +17,8 @@ from edgeprune.data.sources import (
     ImageSource,
     batches,
     channel_stats,
+    input_of,
     open,  # noqa: A004 - the public verb is edgeprune.data.open
 )
 
-__all__ = ["Batches", "ImageSource", "batches", "channel_stats", "open"]
+__all__ = ["Batches", "ImageSource", "batches", "channel_stats", "input_of", "open"]

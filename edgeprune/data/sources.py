@@ -371,6 +371,18 @@ def batches(source: ImageSource, batch_size: int, *, mean: Sequence[float] | Non
         yield (x, y) if y is not None else x
 
 
+def input_of(batch: object) -> torch.Tensor:
+    """The input tensor of a batch: the batch itself, or the first element of a tuple/list
+    (labels, if any, are not read). Refuses anything but float NCHW."""
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        what = (f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, torch.Tensor)
+                else type(x).__name__)
+        raise DataError(f"data yielded a {what}; need float NCHW input batches "
+                        "(tensors, or tuples whose first element is the input)")
+    return x
+
+
 class Batches:
     """A re-iterable of normalised batches (what :func:`edgeprune.prune` and training loops
     want): every pass reshuffles (seed + pass number) and augments, except the first

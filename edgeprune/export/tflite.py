@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,13 +44,81 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Te
                 edge.export(str(tmp))
         except Exception as e:  # the converter raises many types; all mean "could not convert"
             raise ExportError(f"litert-torch conversion failed for {type(model).__name__}: {e}") from e
-        ops = tflite_op_names(tmp)
-        if "TRANSPOSE" in ops:
-            raise ExportError(
-                f"converted TFLite graph still has {ops.count('TRANSPOSE')} TRANSPOSE op(s) "
-                f"(ops: {sorted(set(ops))}); the model has a layout-dependent op litert-torch "
-                "cannot fold"
-            )
+        _check_no_transpose(tmp)
+    return path
+
+
+def _check_no_transpose(path: Path) -> None:
+    ops = tflite_op_names(path)
+    if "TRANSPOSE" in ops:
+        raise ExportError(
+            f"converted TFLite graph still has {ops.count('TRANSPOSE')} TRANSPOSE op(s) "
+            f"(ops: {sorted(set(ops))}); the model has a layout-dependent op litert-torch "
+            "cannot fold"
+        )
+
+
+def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor,
+                   calibration: Iterable, *, min_images: int = 100,
+                   max_images: int = 1000) -> Path:
+    """Export a full-integer .tflite (int8 weights per channel, int8 activations, int8 NHWC
+    input and output; read their scale/zero-point from the runtime session).
+
+    Quantised with litert-torch's PT2E quantizer (symmetric per-channel weights, histogram
+    activation observers) calibrated on ``calibration``: batches of normalised NCHW inputs
+    (tensors, or tuples whose first element is the input), at least ``min_images`` images
+    (the first ``max_images`` are used). Too few images raise :class:`ExportError`.
+    """
+    try:
+        import litert_torch
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import quantize_pt2e
+    except ImportError as e:
+        raise MissingDependencyError("litert-torch (with torchao) is not installed; pip install edgeprune") from e
+    from edgeprune.data import input_of
+
+    m, x = prepare(model, example_input)
+    m = hwc_flatten(m, x)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    with torch.no_grad():
+        out = m(x)
+    outputs = [0] if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+    path = Path(path)
+    with _quiet_converter():
+        try:
+            wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs).eval()
+            graph = torch.export.export(wrapped, (nhwc,)).module()
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+            observed = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        except Exception as e:  # the exporter raises many types; all mean "could not convert"
+            raise ExportError(f"int8 preparation failed for {type(model).__name__}: {e}") from e
+        seen = 0
+        with torch.no_grad():
+            for batch in calibration:
+                xb = input_of(batch)
+                if tuple(xb.shape[1:]) != tuple(x.shape[1:]):
+                    raise ExportError(f"calibration batch of shape {tuple(xb.shape)} does not match the "
+                                      f"model input {tuple(x.shape[1:])}; give normalised NCHW batches")
+                for i in range(len(xb)):  # the exported graph has batch size 1
+                    observed(xb[i:i + 1].permute(0, 2, 3, 1).contiguous())
+                    seen += 1
+                    if seen >= max_images:
+                        break
+                if seen >= max_images:
+                    break
+        if seen < min_images:
+            raise ExportError(f"int8 calibration got {seen} images; need at least {min_images} "
+                              "(pass more calibration data, e.g. --calib-data shapes --calib-images 200)")
+        with atomic_path(path) as tmp:
+            try:
+                quantized = quantize_pt2e.convert_pt2e(observed, fold_quantize=False)
+                edge = litert_torch.convert(quantized, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                edge.export(str(tmp))
+            except Exception as e:
+                raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
+            _check_no_transpose(tmp)
     return path
 
 

@@ -21,7 +21,9 @@ Deviations from METHOD.md, and why:
 - lambda_s starts at (median gate norm) / (lr * update_interval), so a median gate would be
   thresholded to zero within one interval if the gradient did not push back, and grows by
   ``lambda_growth`` at every check where a student's exactly-zero channels do not yet meet
-  the ramped budget.
+  the ramped budget. After the ramp it is also raised, if needed, so that the thresholds
+  still to come (the cosine learning rate decays to zero) add up to twice the largest gate
+  norm left in E_t: E_t reaches zero by shrinkage rather than by the final hard-zeroing.
 - E_t is frozen after ``select_until`` of training so that the last entrants reach exact
   zero by shrinkage, not by the final hard-zeroing (whose largest norm is reported).
 - With ``dynamic_set=False`` E is chosen once, at the first check, against the final budget.
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.channels import PruningStructureError, remove_channels
+from edgeprune.data import input_of
 from edgeprune.errors import ConfigError, DataError, EdgepruneError
 from edgeprune.prune.config import PruneConfig
 from edgeprune.prune.cost import Cost
@@ -132,18 +135,6 @@ class PruneResult:
 
 
 # ---- data -------------------------------------------------------------------------------
-
-def batch_input(batch: Any) -> torch.Tensor:
-    """The input tensor of a batch: the batch itself, or the first element of a tuple/list
-    (labels, if any, are never read)."""
-    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        what = f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, torch.Tensor) \
-            else type(x).__name__
-        raise DataError(f"pruning data yielded a {what}; need float NCHW input batches "
-                        "(tensors, or tuples whose first element is the input)")
-    return x
-
 
 def _check_reiterable(data: Iterable) -> None:
     if iter(data) is data:
@@ -257,6 +248,10 @@ class _Student:
                 gm = gg.matrix()[rows]
                 gg.write(rows, group_soft_threshold(gm, threshold))
 
+    def max_sparse_norm(self) -> float:
+        return max((float(gg.matrix()[torch.as_tensor(e)].norm(dim=1).max())
+                    for gg, e in zip(self.gates, self.sparse, strict=True) if len(e)), default=0.0)
+
     def zero_counts(self) -> list[int]:
         return [int((gg.norms() == 0).sum()) for gg in self.gates]
 
@@ -284,7 +279,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
     heldout: list[torch.Tensor] = []
     it = iter(data)
     for batch in it:
-        heldout.append(batch_input(batch).detach().clone())
+        heldout.append(input_of(batch).detach().clone())
         if len(heldout) == cfg.heldout_batches:
             break
     n_batches = len(data) if hasattr(data, "__len__") else len(heldout) + sum(1 for _ in it)
@@ -366,6 +361,13 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             zero_cost = cost_of({g.name: g.width - z for g, z in zip(groups, zero, strict=True)})
             if selected_once and zero_cost > target_now * (1 + 1e-9):
                 st.lambda_s *= cfg.lambda_growth  # behind schedule: shrink harder
+            if selected_once and step >= ramp_steps:
+                # after the ramp, E must reach exact zero by the end: the thresholds still to
+                # come (sum of lr * lambda_s) must at least cover twice the largest E gate norm
+                rest = sum(cosine_lr(s) for s in range(step, total_steps))
+                worst = st.max_sparse_norm()
+                if rest > 0 and worst > 0:
+                    st.lambda_s = max(st.lambda_s, 2 * worst / rest)
             if step < select_stop and (cfg.dynamic_set or not selected_once):
                 b = target_next if cfg.dynamic_set else budget
                 s = select_channels(dict(zip(names, st.normalised_sensitivity(), strict=True)), cost_of, b,
@@ -398,7 +400,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             trained += 1
             if step % interval == 0 and step > 0:
                 check(step)
-            x = batch_input(batch)
+            x = input_of(batch)
             if world > 1:
                 x = x.tensor_split(world)[rank]
             x = x.to(device)
@@ -464,12 +466,9 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
     # finish: hard-zero E, pick the student closest to the teacher, remove the zeros
     hard = []
     for st in students:
-        worst = 0.0
+        hard.append(st.max_sparse_norm())
         for gg, e in zip(st.gates, st.sparse, strict=True):
-            if len(e):
-                worst = max(worst, float(gg.matrix()[torch.as_tensor(e)].norm(dim=1).max()))
-                gg.zero(torch.as_tensor(e))
-        hard.append(worst)
+            gg.zero(torch.as_tensor(e))
         st.model.eval()
     kls = []
     with torch.no_grad():

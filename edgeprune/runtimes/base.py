@@ -16,6 +16,8 @@ class Session(ABC):
     runtime_version: str
     threads: int
     input_shape: tuple[int, ...]  # NCHW, as the caller feeds it
+    input_name: str
+    output_name: str
 
     @abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray: ...

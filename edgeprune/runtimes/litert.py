@@ -32,6 +32,7 @@ class LiteRTSession(Session):
             raise RuntimeAdapterError(f"{str(path)!r} has {len(ins)} inputs / {len(outs)} outputs; "
                                       "edgeprune handles single-input single-output classifiers")
         self._in, self._out = ins[0], outs[0]
+        self.input_name, self.output_name = self._in["name"], self._out["name"]
         shape = tuple(int(s) for s in self._in["shape"])
         if len(shape) != 4:
             raise RuntimeAdapterError(f"{str(path)!r} input has shape {shape}; expected 4-D NHWC")

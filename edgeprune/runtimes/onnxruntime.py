@@ -36,6 +36,7 @@ class OnnxRuntimeSession(Session):
             raise RuntimeAdapterError(f"{str(path)!r} has {len(ins)} inputs / {len(outs)} outputs; "
                                       "edgeprune handles single-input single-output classifiers")
         self._in_name, self._out_name = ins[0].name, outs[0].name
+        self.input_name, self.output_name = self._in_name, self._out_name
         shape = tuple(d if isinstance(d, int) else -1 for d in ins[0].shape)
         if len(shape) != 4:
             raise RuntimeAdapterError(f"{str(path)!r} input has shape {ins[0].shape}; expected 4-D NCHW")

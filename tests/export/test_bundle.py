@@ -1,0 +1,185 @@
+"""The export bundle (artifacts, model.json, README) and its validation, on the committed
+ResNet-20 baseline with real calibration and test images."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgeprune
+from edgeprune import data
+from edgeprune.errors import ConfigError, ExportError
+from edgeprune.export import Bundle, tflite_op_names, to_tflite_int8
+from edgeprune.runtimes import open_session
+from tests.conftest import TinyNet, randomize_bn
+
+ROOT = Path(__file__).resolve().parents[2]
+BASELINE = ROOT / "bench" / "baselines" / "resnet20-shapes" / "model.safetensors"
+
+
+def _has_coreml() -> bool:
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+FORMATS = ("tflite", "tflite-int8", "onnx") + (("coreml",) if _has_coreml() else ())
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return edgeprune.load(BASELINE)
+
+
+def _calib(spec, n=200, offset=0, scale=1.0):
+    src = data.open("shapes", size=spec.hw, limit=n + offset)
+    batches = list(data.Batches(src, 50, mean=spec.mean, std=spec.std, shuffle=False))
+    x = torch.cat(batches)[offset:offset + n] * scale
+    return [x[i:i + 50] for i in range(0, len(x), 50)]
+
+
+@pytest.fixture(scope="module")
+def bundle(baseline, tmp_path_factory):
+    spec = baseline.edgeprune_spec.input
+    return edgeprune.export(baseline, tmp_path_factory.mktemp("bundle"), formats=FORMATS,
+                            calibration=_calib(spec))
+
+
+def test_bundle_contents_and_model_json(bundle):
+    d = bundle.path
+    names = {"model.json", "README.md", "model.safetensors", "model.tflite", "model_int8.tflite", "model.onnx"}
+    assert names <= {p.name for p in d.iterdir()}
+    mj = json.loads((d / "model.json").read_text())
+    assert mj["schema_version"] == 1 and mj["architecture"] == "resnet20"
+    assert mj["input"]["shape_nchw"] == [1, 3, 32, 32] and len(mj["input"]["mean"]) == 3
+    assert mj["output"]["class_names"][0] == "circle" and mj["output"]["shape"] == [10]
+    arts = {a["format"]: a for a in mj["artifacts"]}
+    assert set(arts) == set(FORMATS)
+    assert arts["tflite"]["io"]["input"]["layout"] == "NHWC" and arts["onnx"]["io"]["input"]["layout"] == "NCHW"
+    q = arts["tflite-int8"]["io"]
+    assert q["input"]["dtype"] == "int8" and q["output"]["dtype"] == "int8"
+    assert q["input"]["quantization"]["scale"] > 0 and -128 <= q["input"]["quantization"]["zero_point"] <= 127
+    for fmt in ("tflite", "onnx"):
+        assert arts[fmt]["parity"]["max_abs"] <= 1e-4 and arts[fmt]["parity"]["top1_agreement"] == 1.0
+        assert arts[fmt]["host_latency"]["median_ms"] > 0
+    assert arts["tflite-int8"]["parity"]["top1_agreement"] >= 0.95
+    import hashlib
+    assert hashlib.sha256((d / "model.tflite").read_bytes()).hexdigest() == arts["tflite"]["sha256"]
+    assert Bundle.load(d).artifact("onnx").file == "model.onnx"
+    readme = (d / "README.md").read_text()
+    assert "32x32" in readme and f"{mj['input']['mean'][0]:.4f}" in readme
+    assert "Interpreter(" in readme and ("MLModel(" in readme) == ("coreml" in FORMATS)
+
+
+def test_tflite_artifacts_have_no_transpose(bundle):
+    for f in ("model.tflite", "model_int8.tflite"):
+        ops = tflite_op_names(bundle.path / f)
+        assert "CONV_2D" in ops and "TRANSPOSE" not in ops, (f, sorted(set(ops)))
+
+
+def test_int8_calibration_reads_the_given_data(baseline, tmp_path):
+    spec = baseline.edgeprune_spec.input
+    small = randomize_bn(TinyNet())
+    x0 = torch.zeros(1, 3, 32, 32)
+    a = to_tflite_int8(small, tmp_path / "a.tflite", x0, _calib(spec, 100), min_images=100)
+    b = to_tflite_int8(small, tmp_path / "b.tflite", x0, _calib(spec, 100, scale=3.0), min_images=100)
+    qa, qb = open_session(a).input_quantization, open_session(b).input_quantization
+    assert qb[0] == pytest.approx(3 * qa[0], rel=0.05), (qa, qb)  # inputs 3x wider -> 3x the scale
+    with pytest.raises(ExportError, match="got 50 images; need at least 100"):
+        to_tflite_int8(small, tmp_path / "c.tflite", x0, _calib(spec, 50), min_images=100)
+    assert not (tmp_path / "c.tflite").exists()
+
+
+class _Broken(torch.nn.Module):
+    """Runs in eager mode; its data-dependent Python branch cannot be exported."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        return y * 2 if float(y.sum()) > 0 else y
+
+
+def test_failed_export_leaves_no_artifact_and_no_model_json(tmp_path):
+    from edgeprune.checkpoint import ModelSpec
+    from edgeprune.types import InputSpec
+
+    spec = ModelSpec("tests.export.test_bundle:_Broken", {}, InputSpec())
+    with pytest.raises(ExportError):
+        edgeprune.export(_Broken(), tmp_path, formats=("tflite",), spec=spec)
+    assert not (tmp_path / "model.tflite").exists() and not (tmp_path / "model.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.tflite")]
+
+
+def test_export_argument_errors(baseline, tmp_path):
+    with pytest.raises(ConfigError, match="unknown export format"):
+        edgeprune.export(baseline, tmp_path, formats=("tflite-int4",))
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        edgeprune.export(baseline, tmp_path, formats=("tflite-int8",))
+
+
+def test_validate_on_host_passes_with_accuracy(bundle, baseline):
+    spec = baseline.edgeprune_spec.input
+    test = data.open("shapes:test", labels=True, size=spec.hw, limit=500)
+    report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.mean, std=spec.std))
+    rows = {c.format: c for c in report.checks}
+    assert set(rows) == set(FORMATS)
+    for fmt in ("tflite", "onnx"):
+        assert rows[fmt].status == "pass" and rows[fmt].max_abs <= 1e-4, str(report)
+    i8 = rows["tflite-int8"]
+    assert i8.images == 500 and i8.sqnr_db > 20 and i8.top1_agreement >= 0.97, str(report)
+    assert abs(i8.top1 - i8.reference_top1) <= 0.02
+    if "coreml" in rows:
+        assert rows["coreml"].status in ("pass", "not checked"), str(report)
+    assert report.ok == all(c.status != "fail" for c in report.checks)
+    assert "model.onnx" in str(report)
+
+
+def test_a_corrupted_artifact_fails_validation(bundle, baseline, tmp_path):
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    d = tmp_path / "b"
+    shutil.copytree(bundle.path, d)
+    m = onnx.load(d / "model.onnx")
+    init = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[: w.size // 3] *= -1.0  # a third of the largest weight tensor flipped
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(m, d / "model.onnx")
+    spec = baseline.edgeprune_spec.input
+    test = data.open("shapes:test", labels=True, size=spec.hw, limit=100)
+    report = edgeprune.validate(d, data.batches(test, 100, mean=spec.mean, std=spec.std))
+    rows = {c.format: c for c in report.checks}
+    assert rows["onnx"].status == "fail" and rows["tflite"].status == "pass"
+    assert not report.ok and "FAILED" in str(report)
+
+
+def test_validate_refuses_unknown_platforms_and_incomplete_bundles(bundle, tmp_path):
+    with pytest.raises(ConfigError, match="unknown validation platform"):
+        edgeprune.validate(bundle, [torch.zeros(2, 3, 32, 32)], on=("gpu",))
+    with pytest.raises(ExportError, match="no model.json"):
+        Bundle.load(tmp_path)
+
+
+def test_arm64_emulated_runtimes_agree_with_x86(bundle, baseline):
+    from edgeprune.validate import arm64
+
+    if not arm64.available():
+        pytest.skip("aarch64 runtime not built: run scripts/make-arm64-runtime.sh")
+    spec = baseline.edgeprune_spec.input
+    test = data.open("shapes:test", labels=True, size=spec.hw, limit=64)
+    report = edgeprune.validate(bundle, data.batches(test, 64, mean=spec.mean, std=spec.std),
+                                on=("arm64-emulated",))
+    rows = {c.format: c for c in report.checks}
+    assert rows["tflite"].vs_x86_max_abs <= 1e-5 and rows["onnx"].vs_x86_max_abs <= 1e-5, str(report)
+    assert rows["tflite-int8"].vs_x86_max_abs == 0.0, str(report)  # int8: bit-exact
+    assert all(c.platform.startswith("arm64-emulated (neoverse-n1)") for c in report.checks)
