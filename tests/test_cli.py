@@ -208,3 +208,31 @@ def test_prune_error_paths(capsys, tmp_path, small_ckpt, extra, needles):
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--formats", "tflite,tflite-int4"], ["tflite-int4", "tflite-int8"]),
+    (["--formats", "tflite-int8"], ["--calib-data"]),
+    (["--formats", "onnx", "--calib-data", "/no/such/dir"], ["/no/such/dir"]),
+])
+def test_export_error_paths(capsys, tmp_path, ckpt, extra, needles):
+    code, _, err = run(capsys, "export", ckpt, "--out", str(tmp_path / "b"), *extra)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "b" / "model.json").exists()
+
+
+def test_export_then_validate_exit_codes(capsys, tmp_path, ckpt):
+    out = tmp_path / "b"
+    code, stdout, err = run(capsys, "export", ckpt, "--formats", "onnx", "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "model.json").read_text())["artifacts"][0]["format"] == "onnx"
+    code, stdout, err = run(capsys, "validate", str(out), "--data", "shapes:test", "--limit", "32")
+    assert code == 0, err
+    assert "pass" in stdout and json.loads((out / "validation.json").read_text())["ok"] is True
+    (out / "model.onnx").write_bytes(b"not an onnx file")  # a broken artifact: exit 1, row 'fail'
+    code, stdout, _ = run(capsys, "validate", str(out), "--data", "shapes:test", "--limit", "32")
+    assert code == 1 and "fail" in stdout
+    code, _, err = run(capsys, "validate", str(tmp_path), "--data", "shapes:test")
+    assert_one_line_error(code, err, "no model.json")
+    code, _, err = run(capsys, "validate", str(out), "--data", "shapes:test", "--on", "gpu")
+    assert_one_line_error(code, err, "gpu")
