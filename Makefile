@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeprune-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean arm64-runtime
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ test: setup
 bench: setup
 	$(PY) scripts/bench_train.py --quick
 	$(PY) scripts/bench_latency_predictor.py --quick --out bench/results/latency_predictor_quick.json
+
+# aarch64 LiteRT/ONNX Runtime under QEMU user-mode, cached in ~/.cache/edgeprune/arm64 (idempotent;
+# the arm64-emulated tests skip, with the reason, until it is built)
+arm64-runtime: setup
+	bash scripts/make-arm64-runtime.sh
 
 lint: setup
 	$(VENV)/bin/ruff check edgeprune tests scripts
