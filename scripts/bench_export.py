@@ -1,0 +1,98 @@
+"""Export every committed baseline (and any extra checkpoint, e.g. a pruned one) to every
+format, then validate each bundle on held-out `shapes`/`digits` test images: export time,
+artifact size, host latency (1 thread, median), parity numbers, int8 and CoreML agreement,
+and, when the emulated aarch64 runtime is built, aarch64-vs-x86 differences.
+
+Prints a table and writes bench/results/export.json.
+
+    .venv/bin/python scripts/bench_export.py [--extra out/demo/pruned.safetensors] [--images 500]
+        [--quick]   # resnet20-shapes only, 100 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import edgeprune
+from edgeprune import data
+from edgeprune._io import write_json
+from edgeprune.profile.latency import host_identity
+from edgeprune.validate import arm64
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has_coreml() -> bool:
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--extra", nargs="*", default=[], help="more checkpoints (e.g. pruned models)")
+    ap.add_argument("--images", type=int, default=500, help="validation images per model")
+    ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.json"))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    ckpts = sorted((ROOT / "bench" / "baselines").glob("*/model.safetensors"))
+    if a.quick:
+        ckpts, a.images, a.calib_images = [ROOT / "bench/baselines/resnet20-shapes/model.safetensors"], 100, 100
+    ckpts += [Path(p) for p in a.extra]
+    formats = [f for f in edgeprune.export.FORMATS if f != "coreml" or _has_coreml()]
+    on = ["host"] + (["arm64-emulated"] if arm64.available() else [])
+    results = []
+    print(f"{'model':28} {'format':12} {'export s':>8} {'KiB':>6} {'host ms':>8} {'max|d|':>9} {'agree':>7} "
+          f"{'top1':>7} {'ref':>7} {'arm64 vs x86':>12} status")
+    for ck in ckpts:
+        model = edgeprune.load(ck)
+        spec = model.edgeprune_spec
+        dname = str(spec.metadata.get("data", "shapes")).split(":")[0]
+        calib = data.Batches(data.open(dname, size=spec.input.hw, limit=a.calib_images), 100,
+                             mean=spec.input.mean, std=spec.input.std, shuffle=False)
+        test = data.open(f"{dname}:test", labels=True, size=spec.input.hw, limit=a.images)
+        with tempfile.TemporaryDirectory(prefix="edgeprune-bench-export-") as d:
+            bundle = edgeprune.export(model, Path(d) / "bundle", formats=formats, calibration=calib)
+            report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,
+                                                             std=spec.input.std), on=on)
+        name = ck.parent.name if ck.name == "model.safetensors" else ck.stem
+        for art in bundle.artifacts:
+            checks = {c.platform.split(" ")[0]: c for c in report.checks if c.artifact == art.file}
+            host, emu = checks.get("host"), checks.get("arm64-emulated")
+            row = {"model": name, "checkpoint": str(ck.relative_to(ROOT) if ck.is_relative_to(ROOT) else ck),
+                   "format": art.format, "export_s": art.export_s, "size_bytes": art.size_bytes,
+                   "host_latency": art.host_latency, "io": art.io,
+                   "host": host.__dict__ if host else None, "arm64_emulated": emu.__dict__ if emu else None}
+            results.append(row)
+            ms = art.host_latency.get("median_ms")
+            print(f"{name:28} {art.format:12} {art.export_s:8.1f} {art.size_bytes / 1024:6.0f} "
+                  f"{(f'{ms:.3f}' if ms else '-'):>8} "
+                  f"{(f'{host.max_abs:.2e}' if host and host.max_abs is not None else '-'):>9} "
+                  f"{(f'{100 * host.top1_agreement:.1f}%' if host and host.top1_agreement is not None else '-'):>7} "
+                  f"{(f'{100 * host.top1:.2f}%' if host and host.top1 is not None else '-'):>7} "
+                  f"{(f'{100 * host.reference_top1:.2f}%' if host and host.reference_top1 is not None else '-'):>7} "
+                  f"{(f'{emu.vs_x86_max_abs:.1e}' if emu and emu.vs_x86_max_abs is not None else '-'):>12} "
+                  f"{host.status if host else '-'}{'/' + emu.status if emu else ''}", flush=True)
+    write_json(a.out, {
+        "what": "every baseline (and extras) exported to every format and validated against PyTorch",
+        "command": "scripts/bench_export.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_identity(),
+        "validation_images": a.images, "calibration_images": a.calib_images, "platforms": on,
+        "arm64_versions": arm64.versions() if arm64.available() else None, "rows": results,
+    })
+    print(f"\nwrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
