@@ -24,6 +24,8 @@ test: setup
 bench: setup
 	$(PY) scripts/bench_train.py --quick
 	$(PY) scripts/bench_latency_predictor.py --quick --out bench/results/latency_predictor_quick.json
+	$(PY) scripts/bench_prune.py --quick
+	$(PY) scripts/bench_export.py --quick
 
 # aarch64 LiteRT/ONNX Runtime under QEMU user-mode, cached in ~/.cache/edgeprune/arm64 (idempotent;
 # the arm64-emulated tests skip, with the reason, until it is built)

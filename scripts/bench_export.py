@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=500, help="validation images per model")
     ap.add_argument("--calib-images", type=int, default=500)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "export.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/export.json (export_quick.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     ckpts = sorted((ROOT / "bench" / "baselines").glob("*/model.safetensors"))
     if a.quick:
         ckpts, a.images, a.calib_images = [ROOT / "bench/baselines/resnet20-shapes/model.safetensors"], 100, 100
+    a.out = a.out or str(ROOT / "bench" / "results" / ("export_quick.json" if a.quick else "export.json"))
     ckpts += [Path(p) for p in a.extra]
     formats = [f for f in edgeprune.export.FORMATS if f != "coreml" or _has_coreml()]
     on = ["host"] + (["arm64-emulated"] if arm64.available() else [])

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             })
             _print_rows(rows[-1:], header=len(rows) == 1)
 
-    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"prune_{a.baseline}_{t.name}.json"
+    quick = "_quick" if a.quick else ""
+    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"prune_{a.baseline}_{t.name}{quick}.json"
     write_json(out, {
         "what": f"{a.baseline} pruned to {a.budget}x of its predicted {t.name} latency, no labels, "
                 "no fine-tuning; top-1 on the labeled test split; latency measured on the target",

@@ -1,6 +1,8 @@
 """The main job on bundled data: the committed ResNet-20 baseline -> profile host-litert ->
 prune to half its predicted latency (no labels, no fine-tuning) -> evaluate both -> export
-ONNX and TFLite -> run both on the host runtimes -> accuracy, parity and measured latency.
+ONNX and TFLite -> run both on the host runtimes -> accuracy, parity and measured latency ->
+the pruned model's bundle (TFLite fp32/int8, ONNX, CoreML, model.json, README) validated on
+the host and, when `make arm64-runtime` has built it, on aarch64 runtimes under QEMU.
 
     make demo            # or: .venv/bin/python scripts/demo.py [--epochs N] [--out out/demo]
 """
@@ -16,11 +18,12 @@ import numpy as np
 import torch
 
 import edgeprune
-from edgeprune import data, export, runtimes
+from edgeprune import data, export, runtimes, validate
 from edgeprune.profile import LatencyProfile
 from edgeprune.prune import PruneConfig
 from edgeprune.runtimes import time_session
 from edgeprune.train import evaluate, predict
+from edgeprune.validate import arm64
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "bench" / "baselines" / "resnet20-shapes" / "model.safetensors"
@@ -91,12 +94,37 @@ def main(argv: list[str] | None = None) -> int:
           f"measured {tfl['pruned']:.3f} ms ({tfl['pruned'] / res.budget_ms:.2f}x the budget; measured "
           f"speed-up {tfl['baseline'] / tfl['pruned']:.2f}x); top-1 {100 * acc.top1:.2f}% -> "
           f"{100 * pacc.top1:.2f}%")
+
+    # 4. the bundle an app developer receives: every format, model.json, README; validated
+    t0 = time.perf_counter()
+    formats = [f for f in export.FORMATS if f != "coreml" or _has_coreml()]
+    calib = data.Batches(data.open(a.prune_data, size=spec.input.hw, limit=500), 100,
+                         mean=spec.input.mean, std=spec.input.std, shuffle=False)
+    bundle = export(pruned, out / "bundle", formats=formats, calibration=calib)
+    print(f"\n{bundle}\n({time.perf_counter() - t0:.0f} s)")
+    on = ["host"] + (["arm64-emulated"] if arm64.available() else [])
+    checks = data.open(a.data, labels=True, size=spec.input.hw, limit=500)
+    report = validate(bundle, data.batches(checks, 250, mean=spec.input.mean, std=spec.input.std), on=on)
+    print(f"\nvalidation on {len(checks)} {a.data} images ({', '.join(on)}):\n{report}")
+    if not arm64.available():
+        print("(arm64-emulated skipped: run `make arm64-runtime` to build the emulated aarch64 runtime)")
     print(f"demo took {time.perf_counter() - t_start:.0f} s")
     worst = max(r["diff"] for r in rows)
     if worst > 1e-4 or min(r["agree"] for r in rows) < 1.0:
         print(f"PARITY FAILED: max abs logit diff {worst:.3g}", file=sys.stderr)
         return 1
+    if not report.ok:
+        print("VALIDATION FAILED (see the table above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _has_coreml() -> bool:
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _export_and_run(model, name: str, spec, out: Path, a) -> list[dict]:
