@@ -184,7 +184,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     out = Path(a.out)
     sha = hashlib.sha256(Path(a.checkpoint).read_bytes()).hexdigest()
     meta = {"pruned_from": str(a.checkpoint), "pruned_from_sha256": sha, "target": res.target,
-            "predicted": res.predicted_ms, "cost_unit": res.cost_unit}
+            "predicted": res.predicted_ms, "cost_unit": res.cost_unit,
+            "val_top1": None, "teacher_val_top1": spec.metadata.get("val_top1")}  # not re-evaluated
     edgeprune.save(res.model, out / "model.safetensors", spec=spec.with_metadata(**meta))
     report = {"checkpoint": str(a.checkpoint), "checkpoint_sha256": sha, "data": a.data,
               "images": len(src), "batch_size": a.batch_size,

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", nargs="*", default=[], help="more checkpoints (e.g. pruned models)")
     ap.add_argument("--images", type=int, default=500, help="validation images per model")
     ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--arm64-images", type=int, default=64,
+                    help="images for the emulated aarch64 check (QEMU is slow)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None, help="default: bench/results/export.json (export_quick.json)")
     a = ap.parse_args(argv)
@@ -65,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="edgeprune-bench-export-") as d:
             bundle = edgeprune.export(model, Path(d) / "bundle", formats=formats, calibration=calib)
             report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,
-                                                             std=spec.input.std), on=on)
+                                                             std=spec.input.std), on=["host"])
+            if "arm64-emulated" in on:
+                emu = edgeprune.validate(bundle, data.batches(test, a.arm64_images, mean=spec.input.mean,
+                                                              std=spec.input.std),
+                                         on=["arm64-emulated"], max_images=a.arm64_images)
+                report = type(report)(report.bundle, report.checks + emu.checks)
         name = ck.parent.name if ck.name == "model.safetensors" else ck.stem
         for art in bundle.artifacts:
             checks = {c.platform.split(" ")[0]: c for c in report.checks if c.artifact == art.file}
@@ -88,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": "every baseline (and extras) exported to every format and validated against PyTorch",
         "command": "scripts/bench_export.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_identity(),
-        "validation_images": a.images, "calibration_images": a.calib_images, "platforms": on,
+        "validation_images": a.images, "arm64_validation_images": a.arm64_images,
+        "calibration_images": a.calib_images, "platforms": on,
         "arm64_versions": arm64.versions() if arm64.available() else None, "rows": results,
     })
     print(f"\nwrote {a.out}")

@@ -70,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                            fixed_batches=cfg.heldout_batches)
     res = edgeprune.prune(model, batches, target=TARGET, profile=prof, budget_ratio=a.budget, config=cfg)
     pruned = res.model
-    edgeprune.save(pruned, out / "pruned.safetensors", spec=spec.with_metadata(pruned_for=TARGET))
     print(f"prune     {len(src)} unlabeled images, {res.steps} steps ({time.perf_counter() - t0:.0f} s)")
     print("          " + str(res).replace("\n", "\n          "))
     pacc = evaluate(pruned, test, input_spec=spec.input, reference=model, reference_input_spec=spec.input)
+    edgeprune.save(pruned, out / "pruned.safetensors", spec=spec.with_metadata(
+        pruned_for=TARGET, val_top1=pacc.top1, teacher_val_top1=acc.top1,
+        predicted_ms=res.predicted_ms, budget_ms=res.budget_ms))
     print(f"pytorch   pruned on {a.data}: {pacc}")
 
     # 3. export both, run on the host runtimes: parity and measured latency
