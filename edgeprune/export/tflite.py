@@ -28,24 +28,35 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, example_input: torch.Te
         import litert_torch
     except ImportError as e:
         raise MissingDependencyError("litert-torch is not installed; pip install edgeprune") from e
-    m, x = prepare(model, example_input)
-    m = hwc_flatten(m, x)
-    nhwc = x.permute(0, 2, 3, 1).contiguous()
-    with torch.no_grad():
-        out = m(x)
-    # a 4-D output (a feature map) is made NHWC too, or the graph would end in a TRANSPOSE
-    outputs = [0] if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+    wrapped, nhwc = _channel_last(litert_torch, model, example_input)
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
             with _quiet_converter():
-                wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs).eval()
                 edge = litert_torch.convert(wrapped, (nhwc,))
                 edge.export(str(tmp))
         except Exception as e:  # the converter raises many types; all mean "could not convert"
             raise ExportError(f"litert-torch conversion failed for {type(model).__name__}: {e}") from e
         _check_no_transpose(tmp)
     return path
+
+
+def _channel_last(litert_torch, model: nn.Module, example_input: torch.Tensor
+                  ) -> tuple[nn.Module, torch.Tensor]:
+    """The export copy of ``model`` wrapped to take (and, for a 4-D output, give) NHWC, and
+    the NHWC example input: the layout change is folded into the graph, no TRANSPOSE."""
+    m, x = prepare(model, example_input)
+    m = hwc_flatten(m, x)
+    with torch.no_grad():
+        out = m(x)
+    # a 4-D output (a feature map) is made NHWC too, or the graph would end in a TRANSPOSE
+    outputs = [0] if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+    try:
+        with _quiet_converter():
+            wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs).eval()
+    except Exception as e:  # litert-torch raises many types; all mean "could not convert"
+        raise ExportError(f"litert-torch cannot make {type(model).__name__} channel-last: {e}") from e
+    return wrapped, x.permute(0, 2, 3, 1).contiguous()
 
 
 def _check_no_transpose(path: Path) -> None:
@@ -78,16 +89,11 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
         raise MissingDependencyError("litert-torch (with torchao) is not installed; pip install edgeprune") from e
     from edgeprune.data import input_of
 
-    m, x = prepare(model, example_input)
-    m = hwc_flatten(m, x)
-    nhwc = x.permute(0, 2, 3, 1).contiguous()
-    with torch.no_grad():
-        out = m(x)
-    outputs = [0] if isinstance(out, torch.Tensor) and out.ndim == 4 else None
+    wrapped, nhwc = _channel_last(litert_torch, model, example_input)
+    x = nhwc.permute(0, 3, 1, 2)
     path = Path(path)
     with _quiet_converter():
         try:
-            wrapped = litert_torch.to_channel_last_io(m, args=[0], outputs=outputs).eval()
             graph = torch.export.export(wrapped, (nhwc,)).module()
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
