@@ -53,7 +53,19 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    import torch
+
     import edgeprune
     from edgeprune import data, zoo
     from edgeprune._io import write_json
@@ -77,7 +89,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     ispec = InputSpec(shape=(3, 32, 32), mean=mean, std=std, class_names=src.class_names)
     tick, close = _progress_bar(f"train {a.model}")
     try:
-        res = train(model, src, input_spec=ispec, config=cfg, val=val, on_progress=tick)
+        res = train(model, src, input_spec=ispec, config=cfg, val=val, on_progress=tick,
+                    device=a.device)
     finally:
         close()
     out = Path(a.out)
@@ -91,6 +104,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         "val_top1": final.top1 if final else None,
         "history": list(res.history),
         "train_wall_s": round(res.wall_s, 1),
+        "train_device": _device_name(a.device),
+        "torch_version": torch.__version__,
         "config": cfg.to_dict(),
         "command": "edgeprune " + " ".join(shlex.quote(x) for x in a.argv),
         "edgeprune_version": edgeprune.__version__,
@@ -355,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_positive_int, default=None, help="use the first N training images")
     t.add_argument("--val-data", default=None, help="validation spec (default: the :test split)")
     t.add_argument("--val-limit", type=_positive_int, default=None)
+    t.add_argument("--device", default="cpu", help="where training steps run: cpu (default) or cuda")
     t.add_argument("--out", required=True, help="output directory")
     t.set_defaults(func=cmd_train)
 

@@ -92,8 +92,16 @@ class EvalResult:
 
 def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
           config: TrainConfig = TrainConfig(), val: ImageSource | None = None,
-          on_progress: Callable[[Progress], None] | None = None) -> TrainResult:
-    """Train a copy of ``model`` with labels from ``data``; evaluate on ``val`` each epoch."""
+          on_progress: Callable[[Progress], None] | None = None,
+          device: str | torch.device = "cpu") -> TrainResult:
+    """Train a copy of ``model`` with labels from ``data``; evaluate on ``val`` each epoch.
+
+    ``device`` is where the steps run (e.g. ``"cuda"``); batches are made on the CPU and the
+    returned model is always on the CPU.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={str(device)!r} is not available here (no CUDA); use device='cpu'")
     if not data.labels_requested:
         raise DataError(f"training needs labels; open {data.name!r} with labels=True")
     if data.num_classes and _num_outputs(model, input_spec) < data.num_classes:
@@ -102,7 +110,7 @@ def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
             f"{data.num_classes} classes; create the model with num_classes={data.num_classes}"
         )
     torch.manual_seed(config.seed)
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).to(device).train()
     params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     params_no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -125,6 +133,7 @@ def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
         for x, y in batches(data, config.batch_size, mean=input_spec.mean, std=input_spec.std,
                             shuffle=True, seed=config.seed * 1000 + epoch,
                             augment=config.augment, drop_last=True):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -142,7 +151,7 @@ def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
         if val is not None:
             h["val_top1"] = evaluate(model, val, input_spec=input_spec).top1
         history.append(h)
-    model.eval()
+    model.cpu().eval()
     return TrainResult(model, input_spec, tuple(history), time.perf_counter() - t0, config)
 
 
@@ -152,11 +161,12 @@ def predict(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
     """Logits of ``model`` over ``data`` (N, classes) and the labels if the source has them."""
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     outs, labels = [], []
     try:
         for b in batches(data, batch_size, mean=input_spec.mean, std=input_spec.std):
             x, y = b if isinstance(b, tuple) else (b, None)
-            outs.append(model(x).numpy())
+            outs.append(model(x.to(device)).cpu().numpy())
             if y is not None:
                 labels.append(y.numpy())
     finally:
@@ -182,6 +192,11 @@ def _num_outputs(model: nn.Module, spec: InputSpec) -> int:
     was = model.training
     model.eval()
     with torch.no_grad():
-        out = model(torch.zeros(1, *spec.shape))
+        out = model(torch.zeros(1, *spec.shape, device=_device_of(model)))
     model.train(was)
     return int(out.shape[-1])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

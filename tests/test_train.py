@@ -78,3 +78,19 @@ def test_config_validation_and_round_trip():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="lr=-1"):
         TrainConfig(lr=-1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the refusal is for one without")
+def test_cuda_refused_where_there_is_none(tiny_data):
+    src, spec = tiny_data
+    with pytest.raises(ConfigError, match="device='cuda' is not available"):
+        train(zoo.create("resnet20"), src, input_spec=spec, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_returns_a_cpu_model(tiny_data):
+    src, spec = tiny_data
+    res = train(zoo.create("resnet20"), src, input_spec=spec,
+                config=TrainConfig(epochs=1, batch_size=64), device="cuda")
+    assert all(p.device.type == "cpu" for p in res.model.parameters())
+    assert 0.0 <= evaluate(res.model, src, input_spec=spec).top1 <= 1.0
