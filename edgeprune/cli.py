@@ -263,7 +263,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     try:
         bundle = edgeprune.export(model, a.out, formats=formats, calibration=calib,
                                   coreml_precision=a.coreml_precision,
-                                  calibration_images=a.calib_images, on_progress=tick)
+                                  calibration_images=a.calib_images, int8_logits=a.int8_logits,
+                                  on_progress=tick)
     finally:
         close()
     print(bundle)
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calib-data", default=None, help="unlabeled data for int8 calibration (and parity)")
     ex.add_argument("--calib-images", type=_positive_int, default=500)
     ex.add_argument("--coreml-precision", choices=("fp16", "fp32"), default="fp16")
+    ex.add_argument("--int8-logits", choices=("top2", "full"), default="top2",
+                    help="int8 output range: top2 (classifiers; low logits saturate) or full")
     ex.add_argument("--out", required=True, help="bundle directory")
     ex.set_defaults(func=cmd_export)
 

@@ -31,6 +31,12 @@ from edgeprune.types import InputSpec, Progress
 FORMATS = ("tflite", "tflite-int8", "coreml", "onnx")
 FILES = {"tflite": "model.tflite", "tflite-int8": "model_int8.tflite", "coreml": "model.mlpackage",
          "onnx": "model.onnx"}
+INT8_RANGE_NOTE = {
+    "top2": ("the int8 range runs from just below the smallest second-largest logit to the largest "
+             "logit seen in calibration; lower logits saturate at its floor (argmax and the top "
+             "probabilities are kept, low logits are not)"),
+    "full": "the int8 range spans every logit value seen in calibration",
+}
 RUNTIME = {"tflite": "litert", "tflite-int8": "litert", "coreml": "coreml", "onnx": "onnxruntime"}
 BUNDLE_SCHEMA_VERSION = 1
 CHECK_IMAGES = 64  # images the export-time parity check runs on each artifact
@@ -92,13 +98,15 @@ class Bundle:
 def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
            example_input: torch.Tensor | None = None, calibration: Iterable | None = None,
            spec=None, coreml_precision: str = "fp16", calibration_images: int = 500,
-           on_progress: Callable[[Progress], None] | None = None) -> Bundle:
+           int8_logits: str = "top2", on_progress: Callable[[Progress], None] | None = None) -> Bundle:
     """Export ``model`` to ``formats`` in ``out_dir`` with model.json and a README.
 
     ``example_input``: NCHW (default: zeros of the spec's input shape). ``calibration``:
     normalised NCHW batches for int8 (the pruner's unlabeled data; required for
     ``tflite-int8``); the first ``calibration_images`` are used, and the first 64 also
-    serve the export-time parity check. ``spec``: a ModelSpec (default: the model's own,
+    serve the export-time parity check. ``int8_logits``: the int8 output range, ``"top2"``
+    (classifiers; default) or ``"full"``, see :func:`edgeprune.export.tflite.to_tflite_int8`.
+    ``spec``: a ModelSpec (default: the model's own,
     from ``edgeprune.load``).
     """
     from edgeprune import __version__
@@ -127,6 +135,9 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
             n += len(x)
             if n >= calibration_images:
                 break
+    if int8_logits not in INT8_RANGE_NOTE:
+        raise ConfigError(f"int8_logits={int8_logits!r} is not an int8 output range; choose from "
+                          f"{list(INT8_RANGE_NOTE)}")
     if "tflite-int8" in formats and not calib:
         raise ConfigError("tflite-int8 needs calibration data: pass calibration= (normalised NCHW batches, "
                           "e.g. the pruning data; CLI: --calib-data SPEC)")
@@ -147,9 +158,12 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
     for i, fmt in enumerate(formats):
         t0 = time.perf_counter()
         path = out / FILES[fmt]
-        _export_one(fmt, model, path, example, calib, ispec, coreml_precision)
+        _export_one(fmt, model, path, example, calib, ispec, coreml_precision, int8_logits)
         export_s = time.perf_counter() - t0
         io, parity, lat = _check_artifact(fmt, path, check_x, ref)
+        if fmt == "tflite-int8":
+            io["output"]["range"] = int8_logits
+            io["output"]["range_note"] = INT8_RANGE_NOTE[int8_logits]
         artifacts.append(Artifact(fmt, FILES[fmt], RUNTIME[fmt], _size(path), round(export_s, 2),
                                   _sha256(path), io, parity, lat))
         if on_progress is not None:
@@ -179,14 +193,16 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
 
 
 def _export_one(fmt: str, model: nn.Module, path: Path, example: torch.Tensor,
-                calib: list[torch.Tensor], ispec: InputSpec, coreml_precision: str) -> None:
+                calib: list[torch.Tensor], ispec: InputSpec, coreml_precision: str,
+                int8_logits: str) -> None:
     from edgeprune.export.onnx import to_onnx
     from edgeprune.export.tflite import to_tflite, to_tflite_int8
 
     if fmt == "tflite":
         to_tflite(model, path, example)
     elif fmt == "tflite-int8":
-        to_tflite_int8(model, path, example, calib, min_images=min(100, sum(len(c) for c in calib)))
+        to_tflite_int8(model, path, example, calib, min_images=min(100, sum(len(c) for c in calib)),
+                       logits=int8_logits)
     elif fmt == "onnx":
         to_onnx(model, path, example)
     else:
@@ -304,7 +320,8 @@ def _readme(mj: dict[str, Any], formats: Sequence[str]) -> str:
             qi, qo = q["input"]["quantization"], q["output"]["quantization"]
             lines += [f"`model_int8.tflite` takes int8 input: q = round(x / {qi['scale']:.6g}) + "
                       f"({qi['zero_point']}), clamped to [-128, 127], after the normalisation above; its "
-                      f"int8 output is logits = {qo['scale']:.6g} * (q - ({qo['zero_point']})).", ""]
+                      f"int8 output is logits = {qo['scale']:.6g} * (q - ({qo['zero_point']})); "
+                      f"{qo.get('range_note', 'its range covers the calibration logits')}.", ""]
     if "coreml" in formats:
         lines += ["## iOS (Swift, CoreML)", "",
                   "```swift",

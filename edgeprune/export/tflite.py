@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune._io import atomic_path
-from edgeprune.errors import ExportError, MissingDependencyError
+from edgeprune.errors import ConfigError, ExportError, MissingDependencyError
 from edgeprune.export._common import prepare
 from edgeprune.export._rewrite import hwc_flatten
 
@@ -69,9 +69,12 @@ def _check_no_transpose(path: Path) -> None:
         )
 
 
+INT8_LOGITS = ("top2", "full")
+
+
 def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor,
                    calibration: Iterable, *, min_images: int = 100,
-                   max_images: int = 1000) -> Path:
+                   max_images: int = 1000, logits: str = "top2") -> Path:
     """Export a full-integer .tflite (int8 weights per channel, int8 activations, int8 NHWC
     input and output; read their scale/zero-point from the runtime session).
 
@@ -79,7 +82,17 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
     activation observers) calibrated on ``calibration``: batches of normalised NCHW inputs
     (tensors, or tuples whose first element is the input), at least ``min_images`` images
     (the first ``max_images`` are used). Too few images raise :class:`ExportError`.
+
+    ``logits`` sets the int8 range of the output. ``"full"`` keeps the observer's range,
+    which covers every output value seen in calibration. ``"top2"`` (for classifiers; needs a
+    ``(1, classes)`` output) covers only what decides the prediction: from the smallest
+    second-largest logit to the largest logit seen per calibration image, widened by 5% of that
+    span below. The step is finer where argmax and the top probabilities are decided; logits
+    under the range saturate at its floor. With 256 levels over the full range, near-tied top
+    logits round to the same value and argmax flips (see docs/export.md).
     """
+    if logits not in INT8_LOGITS:
+        raise ConfigError(f"logits={logits!r} is not an int8 output range; choose from {list(INT8_LOGITS)}")
     try:
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer
@@ -100,7 +113,7 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
             observed = quantize_pt2e.prepare_pt2e(graph, quantizer)
         except Exception as e:  # the exporter raises many types; all mean "could not convert"
             raise ExportError(f"int8 preparation failed for {type(model).__name__}: {e}") from e
-        seen = 0
+        seen, top2 = 0, []
         with torch.no_grad():
             for batch in calibration:
                 xb = input_of(batch)
@@ -108,7 +121,9 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
                     raise ExportError(f"calibration batch of shape {tuple(xb.shape)} does not match the "
                                       f"model input {tuple(x.shape[1:])}; give normalised NCHW batches")
                 for i in range(len(xb)):  # the exported graph has batch size 1
-                    observed(xb[i:i + 1].permute(0, 2, 3, 1).contiguous())
+                    out = observed(xb[i:i + 1].permute(0, 2, 3, 1).contiguous())
+                    if logits == "top2":
+                        top2.append(_top2(out))
                     seen += 1
                     if seen >= max_images:
                         break
@@ -117,6 +132,8 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
         if seen < min_images:
             raise ExportError(f"int8 calibration got {seen} images; need at least {min_images} "
                               "(pass more calibration data, e.g. --calib-data shapes --calib-images 200)")
+        if logits == "top2":
+            _set_output_range(observed, torch.stack(top2))
         with atomic_path(path) as tmp:
             try:
                 quantized = quantize_pt2e.convert_pt2e(observed, fold_quantize=False)
@@ -126,6 +143,33 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
                 raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
             _check_no_transpose(tmp)
     return path
+
+
+def _top2(out: object) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ExportError(f"int8 logits='top2' needs one classifier output of shape (1, classes); the model "
+                          f"gives {shape}; export with logits='full' (CLI: --int8-logits full)")
+    return out[0].topk(2).values
+
+
+def _set_output_range(observed: torch.fx.GraphModule, top2: torch.Tensor) -> None:
+    """Replace the observer of the graph's output by one fixed to [floor, largest logit]."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    out_node = next(n for n in observed.graph.nodes if n.op == "output")
+    arg = out_node.args[0]
+    node = arg[0] if isinstance(arg, (tuple, list)) and len(arg) == 1 else arg
+    old = getattr(observed, str(node.target), None) if getattr(node, "op", None) == "call_module" else None
+    if old is None or not hasattr(old, "quant_min"):
+        raise ExportError("int8 logits='top2': the quantizer left the model output unobserved; "
+                          "export with logits='full' (CLI: --int8-logits full)")
+    hi, low = float(top2[:, 0].max()), float(top2[:, 1].min())
+    floor = low - 0.05 * (hi - low)
+    fixed = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min,
+                           quant_max=old.quant_max, eps=float(old.eps))
+    fixed(torch.tensor([floor, hi]))
+    setattr(observed, str(node.target), fixed)
 
 
 @contextmanager

@@ -63,6 +63,7 @@ def test_bundle_contents_and_model_json(bundle):
     q = arts["tflite-int8"]["io"]
     assert q["input"]["dtype"] == "int8" and q["output"]["dtype"] == "int8"
     assert q["input"]["quantization"]["scale"] > 0 and -128 <= q["input"]["quantization"]["zero_point"] <= 127
+    assert q["output"]["range"] == "top2" and "saturate" in q["output"]["range_note"]
     for fmt in ("tflite", "onnx"):
         assert arts[fmt]["parity"]["max_abs"] <= 1e-4 and arts[fmt]["parity"]["top1_agreement"] == 1.0
         assert arts[fmt]["host_latency"]["median_ms"] > 0
@@ -92,6 +93,44 @@ def test_int8_calibration_reads_the_given_data(baseline, tmp_path):
     with pytest.raises(ExportError, match="got 50 images; need at least 100"):
         to_tflite_int8(small, tmp_path / "c.tflite", x0, _calib(spec, 50), min_images=100)
     assert not (tmp_path / "c.tflite").exists()
+
+
+def test_int8_top2_logit_range_covers_the_deciding_logits(baseline, tmp_path):
+    spec = baseline.edgeprune_spec.input
+    x0 = torch.zeros(1, 3, 32, 32)
+    calib = _calib(spec, 100)
+    full = to_tflite_int8(baseline, tmp_path / "full.tflite", x0, calib, min_images=100, logits="full")
+    top2 = to_tflite_int8(baseline, tmp_path / "top2.tflite", x0, calib, min_images=100, logits="top2")
+    (sf, _), (st, zt) = open_session(full).output_quantization, open_session(top2).output_quantization
+    with torch.no_grad():
+        z = baseline(torch.cat(calib))
+    runner_up = z.topk(2).values[:, 1]
+    floor, ceiling = st * (-128 - zt), st * (127 - zt)
+    # ResNet-20's lowest logits lie far below every runner-up logit: the top2 range is narrower
+    assert st < 0.8 * sf, (st, sf)
+    assert float(z.min()) < floor <= float(runner_up.min()) and ceiling >= float(z.max()) - st
+
+
+class _FeatureMap(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_int8_logit_range_errors(baseline, tmp_path):
+    spec = baseline.edgeprune_spec.input
+    x0 = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match="logits='top5' is not an int8 output range"):
+        to_tflite_int8(baseline, tmp_path / "a.tflite", x0, _calib(spec, 100), logits="top5")
+    with pytest.raises(ExportError, match=r"gives \(1, 32, 32, 4\); export with logits='full'"):
+        to_tflite_int8(_FeatureMap().eval(), tmp_path / "b.tflite", x0, _calib(spec, 100), min_images=100)
+    assert not (tmp_path / "b.tflite").exists()
+    with pytest.raises(ConfigError, match="int8_logits='top5'"):
+        edgeprune.export(baseline, tmp_path, formats=("tflite-int8",), calibration=_calib(spec, 100),
+                         int8_logits="top5")
 
 
 class _Broken(torch.nn.Module):
