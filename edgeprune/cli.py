@@ -178,7 +178,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
             cfg = PruneConfig.from_dict(json.loads(Path(a.config).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read prune config {a.config!r}: {e}") from e
-    overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed")
+    overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed", "device")
                  if getattr(a, k) is not None}
     cfg = cfg.replace(**overrides)
     load_target(a.target)  # an unknown target fails before any data is read
@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--seed", type=int, default=None)
     pn.add_argument("--batch-size", type=_positive_int, default=64)
     pn.add_argument("--limit", type=_positive_int, default=None, help="use the first N images")
+    pn.add_argument("--device", default=None, help="where pruning steps run: cpu (default) or cuda")
     pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
     pn.add_argument("--out", required=True, help="output directory")
     pn.set_defaults(func=cmd_prune)

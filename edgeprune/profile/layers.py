@@ -55,7 +55,9 @@ def layer_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerUni
     """Every conv/linear of ``model`` with the shapes it sees on an input of ``input_shape``
     ((C, H, W) or (N, C, H, W)), in execution order."""
     shape = tuple(input_shape)
-    x = torch.zeros((1, *shape) if len(shape) == 3 else shape)
+    first = next(model.parameters(), None)
+    x = torch.zeros((1, *shape) if len(shape) == 3 else shape,
+                    device=first.device if first is not None else "cpu")
     seen: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     reads_input: set[nn.Module] = set()
     outputs: dict[int, nn.Module] = {}

@@ -28,19 +28,21 @@ class GroupGates:
         modules = dict(model.named_modules())
         self.group = g
         self.slices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # index tensors and gate matrices live where the parameters do (CPU or GPU)
         if g.bns:
             for path, local, root in g.bns:
                 bn = modules[path]
-                li = torch.tensor(local, dtype=torch.long)
-                ri = torch.tensor(root, dtype=torch.long)
+                li = torch.tensor(local, dtype=torch.long, device=bn.weight.device)
+                ri = torch.tensor(root, dtype=torch.long, device=bn.weight.device)
                 self.slices += [(bn.weight, li, ri), (bn.bias, li, ri)]
         else:
             layer = modules[g.name]
-            index = torch.arange(g.width)
+            index = torch.arange(g.width, device=layer.weight.device)
             self.slices.append((layer.weight, index, index))
             if layer.bias is not None:
                 self.slices.append((layer.bias, index, index))
         self.sizes = [p[0].numel() for p, _, _ in self.slices]
+        self.device = self.slices[0][0].device
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -49,7 +51,7 @@ class GroupGates:
     def matrix(self) -> torch.Tensor:
         """(width, gate size): row c is channel c's gate vector (zero where a parameter does
         not gate channel c)."""
-        m = torch.zeros(self.group.width, sum(self.sizes))
+        m = torch.zeros(self.group.width, sum(self.sizes), device=self.device)
         col = 0
         for (p, local, root), size in zip(self.slices, self.sizes, strict=True):
             m[root, col:col + size] = p.detach()[local].reshape(len(local), -1).float()
@@ -57,14 +59,15 @@ class GroupGates:
         return m
 
     def norms(self) -> np.ndarray:
-        return self.matrix().norm(dim=1).numpy()
+        return self.matrix().norm(dim=1).cpu().numpy()
 
     @torch.no_grad()
     def write(self, channels: Sequence[int] | torch.Tensor, rows: torch.Tensor) -> None:
         """Write gate rows ``rows`` (len(channels), gate size) for group channels ``channels``."""
-        channels = torch.as_tensor(channels, dtype=torch.long)
-        row_of = torch.full((self.group.width,), -1, dtype=torch.long)
-        row_of[channels] = torch.arange(len(channels))
+        channels = torch.as_tensor(channels, dtype=torch.long).to(self.device)
+        rows = rows.to(self.device)
+        row_of = torch.full((self.group.width,), -1, dtype=torch.long, device=self.device)
+        row_of[channels] = torch.arange(len(channels), device=self.device)
         col = 0
         for (p, local, root), size in zip(self.slices, self.sizes, strict=True):
             r = row_of[root]
@@ -80,13 +83,13 @@ class GroupGates:
     def taylor(self) -> np.ndarray:
         """Label-free Taylor sensitivity of each channel after a backward pass:
         (sum over the channel's gate parameters of theta * dL/dtheta)^2 (Molchanov et al.)."""
-        total = torch.zeros(self.group.width, dtype=torch.float64)
+        total = torch.zeros(self.group.width, dtype=torch.float64, device=self.device)
         for p, local, root in self.slices:
             if p.grad is None:
                 continue
             prod = (p.detach() * p.grad.detach())[local].reshape(len(local), -1).sum(dim=1)
             total.index_add_(0, root, prod.double())
-        return (total ** 2).numpy()
+        return (total ** 2).cpu().numpy()
 
 
 def gate_matrix(model: nn.Module, g: GroupStructure) -> torch.Tensor:

@@ -271,6 +271,8 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
     t_start = time.perf_counter()
     _check_reiterable(data)
     device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} is not available here (no CUDA); use device='cpu'")
     dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist_on else 0
     world = torch.distributed.get_world_size() if dist_on else 1
@@ -476,13 +478,16 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             kl = [float(kd_loss(st.model(h.to(device)), teacher(h.to(device)), 1.0)) for h in heldout]
             kls.append(float(np.mean(kl)))
     best = int(np.argmin(kls))
-    masked = students[best].model
+    # removal and its lossless check run on the CPU in fp32: on a GPU, convolutions may use
+    # TF32, whose rounding differs between the masked and the pruned shapes (~1e-2 on logits)
+    masked = students[best].model.cpu()
+    cpu_example = example.cpu()
     # remove exactly E (all zero now); other channels that happen to be zero stay, so widths
     # keep the runtime-friendly multiples of round_to the selection priced
     zero = {g.name: e.tolist() for g, e in zip(groups, students[best].sparse, strict=True) if len(e)}
-    pruned = remove_channels(masked, example, zero).eval() if zero else copy.deepcopy(masked).eval()
+    pruned = remove_channels(masked, cpu_example, zero).eval() if zero else copy.deepcopy(masked).eval()
     with torch.no_grad():
-        diffs = [float((masked(h.to(device)) - pruned(h.to(device))).abs().max()) for h in heldout]
+        diffs = [float((masked(h) - pruned(h)).abs().max()) for h in heldout]
     diff = max(diffs)
     if diff > LOSSLESS_TOL:
         raise PruningStructureError(
@@ -504,7 +509,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
         baseline_predicted_ms=baseline, predicted_ms=predicted, budget_ms=budget,
         group_widths_before=full, group_widths_after=after,
         widths_before=widthmap({}), widths_after=widthmap(after),
-        macs_before=_macs(teacher, example), macs_after=_macs(pruned, example),
+        macs_before=_macs(teacher, example), macs_after=_macs(pruned, cpu_example),
         params_before=sum(p.numel() for p in teacher.parameters()),
         params_after=sum(p.numel() for p in pruned.parameters()),
         student=best, student_kl=tuple(kls), removal_max_abs_diff=diff,

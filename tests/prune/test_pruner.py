@@ -100,6 +100,22 @@ def test_concatenation_and_squeeze_excitation_prune_end_to_end():
     assert res.group_widths_after["se2"] < 16 or res.group_widths_after["c.0"] < 8
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the refusal is for one without")
+def test_cuda_refused_where_there_is_none():
+    with pytest.raises(ConfigError, match="device='cuda' is not available"):
+        edgeprune.prune(small_cnn(), random_batches(), target="macs", budget_ratio=0.6,
+                        config=FAST.replace(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pruning_on_cuda_returns_a_smaller_cpu_model_removed_losslessly():
+    res = edgeprune.prune(small_cnn(), random_batches(), target="macs", budget_ratio=0.6,
+                          config=FAST.replace(device="cuda"))
+    assert res.predicted_ms <= res.budget_ms and res.removal_max_abs_diff <= 1e-4
+    assert all(p.device.type == "cpu" for p in res.model.parameters())
+    assert sum(res.group_widths_after.values()) < sum(res.group_widths_before.values())
+
+
 def test_same_seed_same_result():
     a = run(small_cnn(), random_batches(), cost=_MacsLike(small_cnn()), budget=0.4, target="t",
             round_to=1, config=FAST)
