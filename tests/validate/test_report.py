@@ -37,3 +37,18 @@ def test_cross_arch_bound_scales_and_int8_must_be_exact():
     q = {"output": {"quantization": {"scale": 0.2, "zero_point": 0}}}
     assert _row("tflite-int8", ref, ref, x86=ref + 1e-6, io=q).status == "fail"
     assert _row("tflite-int8", ref, ref, x86=ref.copy(), io=q).status == "pass"
+
+
+def test_a_drop_of_exactly_the_bar_passes_despite_float_rounding():
+    ref = np.eye(10, dtype=np.float32)[np.arange(100) % 10] * 5  # 100 images, argmax = i % 10
+    labels = np.arange(100) % 10
+    labels[:3] = (labels[:3] + 1) % 10  # reference top-1 0.97
+    got = ref.copy()
+    got[3] = np.roll(got[3], 1)  # one more miss, and one flip: 99% agreement, top-1 0.96
+    q = {"output": {"quantization": {"scale": 0.1, "zero_point": 0}}}
+    art = SimpleNamespace(file="m", format="tflite-int8", io=q)
+    row = _compare(art, got, ref, labels, 0.97, "rt", "1", "host", None)
+    assert 100 * (0.97 - 0.96) > 1.0  # the rounding this guards against
+    assert row.top1_agreement == 0.99 and row.top1 == 0.96 and row.status == "pass", row.reasons
+    got[4] = np.roll(got[4], 1)  # a second flip: 98% agreement, 2 points lost
+    assert _compare(art, got, ref, labels, 0.97, "rt", "1", "host", None).status == "fail"
