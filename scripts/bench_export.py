@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _bench import calibration_and_test  # scripts/_bench.py, beside this file
 
 import edgeprune
 from edgeprune import data
@@ -60,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for ck in ckpts:
         model = edgeprune.load(ck)
         spec = model.edgeprune_spec
-        dname = str(spec.metadata.get("data", "shapes")).split(":")[0]
-        calib = data.Batches(data.open(dname, size=spec.input.hw, limit=a.calib_images), 100,
-                             mean=spec.input.mean, std=spec.input.std, shuffle=False)
-        test = data.open(f"{dname}:test", labels=True, size=spec.input.hw, limit=a.images)
+        calib, test = calibration_and_test(spec, a.calib_images, a.images)
         with tempfile.TemporaryDirectory(prefix="edgeprune-bench-export-") as d:
             bundle = edgeprune.export(model, Path(d) / "bundle", formats=formats, calibration=calib)
             report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,
