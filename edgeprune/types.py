@@ -74,7 +74,12 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency of repeated runs of one artifact, in milliseconds."""
+    """Latency of repeated runs of one artifact, in milliseconds.
+
+    With several passes (``passes > 1``), the numbers are those of the fastest pass (lowest
+    median): interference from other processes only ever slows a pass down.
+    ``pass_medians_ms`` keeps every pass's median, so a noisy machine is visible.
+    """
 
     median_ms: float
     p10_ms: float
@@ -86,13 +91,24 @@ class LatencyStats:
     runtime_version: str
     threads: int
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
+    passes: int = 1
+    pass_medians_ms: tuple[float, ...] = ()
+
+    @property
+    def pass_spread(self) -> float:
+        """Slowest over fastest pass median, minus 1 (0.0 with one pass)."""
+        m = self.pass_medians_ms
+        return max(m) / min(m) - 1 if len(m) > 1 else 0.0
 
     def __str__(self) -> str:
-        return (
+        s = (
             f"{self.runtime} {self.runtime_version} ({self.threads} thread"
             f"{'s' if self.threads != 1 else ''}): median {self.median_ms:.3f} ms, "
             f"p10 {self.p10_ms:.3f}, p90 {self.p90_ms:.3f}, IQR {self.iqr_ms:.3f}, n={self.runs}"
         )
+        if self.passes > 1:
+            s += f" (fastest of {self.passes} passes; spread {100 * self.pass_spread:.1f}%)"
+        return s
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +121,8 @@ class LatencyStats:
             "runtime": self.runtime,
             "runtime_version": self.runtime_version,
             "threads": self.threads,
+            "passes": self.passes,
+            "pass_medians_ms": list(self.pass_medians_ms),
         }
 
 

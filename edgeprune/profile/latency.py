@@ -36,7 +36,7 @@ from torch import nn
 from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.profile.layers import LayerUnit, layer_model, layer_units
-from edgeprune.profile.measurement import _SUFFIX, check_measurable, convert_for, time_artifact
+from edgeprune.profile.measurement import _SUFFIX, check_measurable, convert_for, time_artifacts
 from edgeprune.profile.table import LayerTable, axis_grid
 from edgeprune.profile.targets import Target, load_target
 from edgeprune.types import Progress
@@ -166,7 +166,8 @@ class LatencyProfile:
             "created": self.created,
             "edgeprune_version": self.edgeprune_version,
             "protocol": {"warmup": self.target.measure.warmup, "runs": self.target.measure.runs,
-                         "statistic": "median", "threads": self.target.threads},
+                         "passes": self.target.measure.passes,
+                         "statistic": "median of the fastest pass", "threads": self.target.threads},
             "architecture": self.architecture,
             "input_shape": list(self.input_shape),
             "build_s": round(self.build_s, 2),
@@ -296,8 +297,9 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     plan = _points_needed(units, t.round_to, max_points)
     todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
             for ci in c_in for co in c_out if (sig, ci, co) not in cached]
-    n_points = sum(len(ci) * len(co) for _, ci, co in plan.values())
-    total = 1 + len(todo) + n_points + len(CALIBRATION_KEEP)
+    passes = t.measure.passes
+    n_calib = len(CALIBRATION_KEEP)
+    total = 1 + len(todo) + passes * (1 + len(todo)) + n_calib * (1 + passes)
     step = 0
 
     def tick(what: str) -> None:
@@ -311,46 +313,43 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
         # the runtime's per-invoke overhead: a model of one tiny op (a 1x1 conv on a 2x2 map)
         probe = Path(d) / f"overhead{suffix}"
         convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
-        overhead = time_artifact(probe, t).median_ms
-        tick("invoke overhead")
+        tick("convert invoke-overhead probe")
 
-        # convert every missing point first (in parallel), then time them one by one, so
-        # no conversion runs beside a timed run
+        # convert every missing point first (in parallel), then time them all in interleaved
+        # passes, so no conversion runs beside a timed run and drift hits all points alike
         paths = _convert_points(todo, t, Path(d), workers, lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
-        tables: dict[str, LayerTable] = {}
-        for sig, (unit, c_in, c_out) in plan.items():
-            rows = []
-            for ci in c_in:
-                row = []
-                for co in c_out:
-                    key = (sig, ci, co)
-                    if key in cached:
-                        ms = cached[key]
-                    else:
-                        ms = max(0.0, time_artifact(paths[key], t).median_ms - overhead)
-                    row.append(ms)
-                    tick(f"{sig} {ci}x{co}")
-                rows.append(tuple(row))
-            tables[sig] = LayerTable(sig, unit.kind, c_in, c_out, tuple(rows))
+        keys = list(paths)
+        stats = time_artifacts([probe, *(paths[k] for k in keys)], t,
+                               on_pass=lambda i, n: tick(f"timing {i}/{n}"))
+        overhead = stats[0].median_ms
+        points = dict(cached)
+        points.update({k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)})
+        tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
+                                  tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
+                  for sig, (unit, c_in, c_out) in plan.items()}
 
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
                                  {u.path: u.signature for u in units}, overhead, 0.0, 0.0)
         # remainder: end-to-end measurements of the full model and uniformly thinned copies
         example = torch.zeros(1, *shape)
         groups = channel_groups(model, example)
-        calib = []
-        for keep in CALIBRATION_KEEP:
+        variants, calib_paths = [], []
+        for i, keep in enumerate(CALIBRATION_KEEP):
             variant = model
             if keep < 1.0:
                 widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
                 variant = shrink_to_widths(model, example, widths)
-            path = convert_for(variant, t, Path(d) / f"full{suffix}", example)
-            measured = time_artifact(path, t).median_ms
+            variants.append(variant)
+            calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
+            tick(f"convert end-to-end keep {keep}")
+        calib_stats = time_artifacts(calib_paths, t, on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        calib = []
+        for keep, variant, st in zip(CALIBRATION_KEEP, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
-            layers_ms = sum(partial.layer_ms(u) for u in vu)
-            calib.append({"keep": keep, "measured_ms": measured, "layers_ms": layers_ms,
+            calib.append({"keep": keep, "measured_ms": st.median_ms,
+                          "pass_medians_ms": list(st.pass_medians_ms),
+                          "layers_ms": sum(partial.layer_ms(u) for u in vu),
                           "melements": sum(u.out_elements for u in vu) / 1e6})
-            tick(f"end-to-end keep {keep}")
     intercept, slope = _fit_remainder(calib)
     for c in calib:
         c["predicted_ms"] = c["layers_ms"] + float(intercept) + float(slope) * c["melements"]

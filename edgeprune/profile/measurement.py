@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +53,37 @@ def convert_for(model: nn.Module, target: Target, path: str | os.PathLike,
 
 
 def time_artifact(path: str | os.PathLike, target: Target, *, seed: int = 0) -> LatencyStats:
+    """Latency of one artifact under ``target``'s protocol (see :func:`time_artifacts`)."""
+    return time_artifacts([path], target, seed=seed)[0]
+
+
+def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: int = 0,
+                   on_pass: Callable[[int, int], None] | None = None) -> list[LatencyStats]:
+    """Latency of each artifact under ``target``'s protocol: ``measure.passes`` passes over all
+    of them in turn, each a fresh session with warm-up then timed runs. Each artifact reports
+    its fastest pass (interference only ever slows a pass down), with every pass median kept.
+    Interleaving means drift on the machine hits all artifacts alike. ``on_pass(i, n)`` is
+    called after each artifact's pass."""
     from edgeprune.runtimes import open_session, time_session
 
-    sess = open_session(path, runtime=target.runtime, threads=target.threads)
-    shape = tuple(max(1, s) for s in sess.input_shape)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return time_session(sess, x, warmup=target.measure.warmup, runs=target.measure.runs)
+    passes = target.measure.passes
+    per: list[list[LatencyStats]] = [[] for _ in paths]
+    n, done = passes * len(paths), 0
+    for _ in range(passes):
+        for i, path in enumerate(paths):
+            sess = open_session(path, runtime=target.runtime, threads=target.threads)
+            shape = tuple(max(1, s) for s in sess.input_shape)
+            x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+            per[i].append(time_session(sess, x, warmup=target.measure.warmup, runs=target.measure.runs))
+            del sess
+            done += 1
+            if on_pass is not None:
+                on_pass(done, n)
+    out = []
+    for stats in per:
+        best = min(stats, key=lambda st: st.median_ms)
+        out.append(replace(best, passes=len(stats), pass_medians_ms=tuple(st.median_ms for st in stats)))
+    return out
 
 
 def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Target, *,

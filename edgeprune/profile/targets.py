@@ -28,8 +28,13 @@ CONNECTION_SCHEMES = ("local", "agent://", "ssh://")
 
 @dataclass(frozen=True)
 class MeasureProtocol:
+    """``passes`` rounds of (``warmup`` untimed runs, ``runs`` timed runs); the fastest pass's
+    median is reported. Several artifacts timed together are interleaved pass by pass, so drift
+    on the machine hits them alike."""
+
     warmup: int = 10
     runs: int = 50
+    passes: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -37,6 +42,8 @@ class MeasureProtocol:
         if not isinstance(self.runs, int) or self.runs < 5:
             raise ConfigError(f"measure.runs = {self.runs!r} is invalid; need an integer >= 5 "
                               "(a median of fewer runs is noise)")
+        if not isinstance(self.passes, int) or self.passes < 1:
+            raise ConfigError(f"measure.passes = {self.passes!r} is invalid; need an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class Target:
             "name": self.name, "runtime": self.runtime, "precision": self.precision,
             "threads": self.threads, "delegate": self.delegate, "round_to": self.round_to,
             "connection": self.connection, "description": self.description, "device": self.device,
-            "measure": {"warmup": self.measure.warmup, "runs": self.measure.runs},
+            "measure": {"warmup": self.measure.warmup, "runs": self.measure.runs,
+                        "passes": self.measure.passes},
             "tolerance": {"max_abs": self.tolerance.max_abs,
                           "top1_agreement": self.tolerance.top1_agreement},
         }

@@ -184,8 +184,41 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     assert model.training  # not switched to eval
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     points = sum(t.points() for t in prof.tables.values())
+    passes = prof.target.measure.passes
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
-    assert seen[-1].step == seen[-1].total == 1 + 2 * points + 3  # probe, convert, time, calibrate
+    # probe + points converted, then timed in passes; three calibrations converted and timed
+    assert seen[-1].step == seen[-1].total == 1 + points + passes * (1 + points) + 3 * (1 + passes)
+    assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
+
+
+def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeypatch):
+    from edgeprune import runtimes
+    from edgeprune.profile.targets import load_target
+    from edgeprune.types import LatencyStats
+
+    class FakeSession:
+        input_shape = (1, 3, 4, 4)
+
+        def __init__(self, path):
+            self.path = path
+
+    order = []
+    medians = {"a": iter([2.0, 1.0, 3.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def fake_time(sess, x, *, warmup, runs):
+        order.append(sess.path)
+        m = next(medians[sess.path])
+        return LatencyStats(m, m, m, 0.0, runs, warmup, "fake", "0", 1)
+
+    monkeypatch.setattr(runtimes, "open_session", lambda p, **kw: FakeSession(p))
+    monkeypatch.setattr(runtimes, "time_session", fake_time)
+    t = load_target("host-onnxruntime")
+    a, b = measure_mod.time_artifacts(["a", "b"], t)
+    assert order == ["a", "b"] * t.measure.passes == ["a", "b"] * 3  # interleaved, not a,a,a,b,b,b
+    assert (a.median_ms, a.pass_medians_ms, a.passes) == (1.0, (2.0, 1.0, 3.0), 3)
+    assert (b.median_ms, b.pass_medians_ms) == (4.0, (5.0, 6.0, 4.0))
+    assert b.pass_spread == pytest.approx(0.5)
+    assert "fastest of 3 passes" in str(a) and a.to_dict()["pass_medians_ms"] == [2.0, 1.0, 3.0]
 
 
 def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):

@@ -19,7 +19,7 @@ def test_host_litert_fields():
     t = load_target("host-litert")
     assert (t.runtime, t.precision, t.threads, t.delegate, t.round_to) == ("litert", "fp32", 1, "xnnpack", 16)
     assert t.is_local and not t.is_analytical
-    assert (t.measure.warmup, t.measure.runs) == (10, 50)
+    assert (t.measure.warmup, t.measure.runs, t.measure.passes) == (10, 50, 3)
     assert load_target("raspberry-pi-4-litert").connection.startswith("agent://")
     assert load_target("macs").is_analytical
 
@@ -45,6 +45,7 @@ def _write(tmp_path, body, name="mydev"):
     ('name = "mydev"\nruntime = "litert"\nthread = 2\n', "['thread']"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\nruns = 2\n', "measure.runs = 2"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\nrepeat = 2\n', "measure.repeat"),
+    ('name = "mydev"\nruntime = "litert"\n[measure]\npasses = 0\n', "measure.passes = 0"),
     ('name = "mydev"\nruntime = "litert"\n[tolerance]\ntop1_agreement = 2\n', "tolerance.top1_agreement = 2"),
     ('name = "mydev"\n', "missing required field 'runtime'"),
     ('name = "other"\nruntime = "litert"\n', "must match the file name"),
