@@ -2,15 +2,17 @@
 
 Prediction for a model (any pruned variant of the profiled architecture):
 
-    predicted_ms = sum over layers of table[signature].lookup(c_in, c_out)
-                   + remainder_intercept_ms + remainder_ms_per_melement * activation_melements
+    predicted_ms = layer_scale * (sum over layers of table[signature].lookup(c_in, c_out))
+                   + remainder_intercept_ms
 
 Layer points are single-layer models converted with edgeprune's own converters and timed on
-the target's runtime, minus the runtime's per-invoke overhead (timed on a one-op model). The
-remainder is everything the tables do not hold: adds, pooling, pads, copies, the invoke
-overhead of the whole model. It is fitted by least squares to end-to-end measurements of the
-full model and of uniformly thinned copies. It is linear in the activation volume, because
-the elementwise work in the remainder scales with the channel widths.
+the target's runtime, minus the runtime's per-invoke overhead (timed on a one-op model).
+``layer_scale`` and ``remainder_intercept_ms`` are fitted by least squares to end-to-end
+measurements of the full model and of uniformly thinned copies. The scale is how much slower
+(or faster) layers run inside the network than alone: alone, a layer's weights and input stay
+hot in cache between runs, and on ONNX Runtime an isolated layer also pays the layout
+reorders that a network pays once. The intercept is what the tables do not hold and does not
+scale with the layers: the whole model's invoke overhead, pooling, the head.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from edgeprune.profile.table import LayerTable, axis_grid
 from edgeprune.profile.targets import Target, load_target
 from edgeprune.types import Progress
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: layer_scale replaced the per-activation-element remainder slope
 FORMAT = "edgeprune-latency-profile"
 CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 
@@ -82,7 +84,7 @@ class LatencyProfile:
     layers: dict[str, str]  # module path -> signature, for the profiled architecture
     overhead_ms: float
     remainder_intercept_ms: float
-    remainder_ms_per_melement: float
+    layer_scale: float
     calibration: tuple[dict[str, float], ...] = ()
     build_s: float = 0.0
     created: str = ""
@@ -114,28 +116,22 @@ class LatencyProfile:
             raise ProfileError(f"no table for layer {unit.path!r} ({unit.signature})")
         return table.lookup(unit.c_in if c_in is None else c_in, unit.c_out if c_out is None else c_out)
 
-    def remainder_ms(self, activation_elements: float) -> float:
-        return self.remainder_intercept_ms + self.remainder_ms_per_melement * activation_elements / 1e6
-
     def predict_units(self, units: Sequence[LayerUnit],
                       widths: dict[str, tuple[int, int]] | None = None) -> float:
         """Predicted latency for layer units, optionally at other widths {path: (c_in, c_out)}."""
         widths = widths or {}
-        total, elements = 0.0, 0.0
-        for u in units:
-            ci, co = widths.get(u.path, (u.c_in, u.c_out))
-            total += self.layer_ms(u, ci, co)
-            elements += co * u.out_hw[0] * u.out_hw[1]
-        return total + self.remainder_ms(elements)
+        total = sum(self.layer_ms(u, *widths.get(u.path, (u.c_in, u.c_out))) for u in units)
+        return self.layer_scale * total + self.remainder_intercept_ms
 
     def predict_ms(self, model: nn.Module) -> float:
         """Predicted latency of ``model`` (widths read from its layers) on the target."""
         return self.predict_units(self.units(model))
 
     def breakdown(self, model: nn.Module) -> dict[str, float]:
-        units = self.units(model)
-        out = {u.path: self.layer_ms(u) for u in units}
-        out["(remainder)"] = self.remainder_ms(sum(u.out_elements for u in units))
+        """Each layer's share of the prediction (its table latency times ``layer_scale``) and
+        the intercept as ``"(remainder)"`` (it can be negative: see the module docstring)."""
+        out = {u.path: self.layer_scale * self.layer_ms(u) for u in self.units(model)}
+        out["(remainder)"] = self.remainder_intercept_ms
         return out
 
     def __str__(self) -> str:
@@ -145,8 +141,8 @@ class LatencyProfile:
                  f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s",
                  f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
                  f"points, invoke overhead {self.overhead_ms:.4f} ms",
-                 f"  remainder {self.remainder_intercept_ms:.4f} ms + "
-                 f"{self.remainder_ms_per_melement:.4f} ms/M activation elements"]
+                 f"  layers x {self.layer_scale:.4f} in the network, remainder "
+                 f"{self.remainder_intercept_ms:+.4f} ms"]
         for c in self.calibration:
             lines.append(f"  calibration keep {c['keep']:.2f}: measured {c['measured_ms']:.3f} ms, "
                          f"predicted {c['predicted_ms']:.3f} ms")
@@ -173,7 +169,7 @@ class LatencyProfile:
             "build_s": round(self.build_s, 2),
             "overhead_ms": self.overhead_ms,
             "remainder": {"intercept_ms": self.remainder_intercept_ms,
-                          "ms_per_melement": self.remainder_ms_per_melement},
+                          "layer_scale": self.layer_scale},
             "calibration": list(self.calibration),
             "layers": self.layers,
             "tables": {s: t.to_dict() for s, t in sorted(self.tables.items())},
@@ -186,7 +182,7 @@ class LatencyProfile:
                                f"{d.get('format') if isinstance(d, dict) else None!r})")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ProfileError(f"{where} has schema_version {d.get('schema_version')!r}; this "
-                               f"edgeprune reads {SCHEMA_VERSION}")
+                               f"edgeprune reads {SCHEMA_VERSION}; re-profile with this version")
         if d.get("source") not in ("measured", "estimate"):
             raise ProfileError(f"{where}: source {d.get('source')!r} must be 'measured' or 'estimate'")
         try:
@@ -202,7 +198,7 @@ class LatencyProfile:
                 input_shape=tuple(int(v) for v in d["input_shape"]), tables=tables, layers=layers,
                 overhead_ms=float(d["overhead_ms"]),
                 remainder_intercept_ms=float(d["remainder"]["intercept_ms"]),
-                remainder_ms_per_melement=float(d["remainder"]["ms_per_melement"]),
+                layer_scale=float(d["remainder"]["layer_scale"]),
                 calibration=tuple(dict(c) for c in d.get("calibration", ())),
                 build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
                 edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
@@ -329,7 +325,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
                   for sig, (unit, c_in, c_out) in plan.items()}
 
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
-                                 {u.path: u.signature for u in units}, overhead, 0.0, 0.0)
+                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0)
         # remainder: end-to-end measurements of the full model and uniformly thinned copies
         example = torch.zeros(1, *shape)
         groups = channel_groups(model, example)
@@ -348,14 +344,13 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
             vu = layer_units(variant, shape)
             calib.append({"keep": keep, "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
-                          "layers_ms": sum(partial.layer_ms(u) for u in vu),
-                          "melements": sum(u.out_elements for u in vu) / 1e6})
-    intercept, slope = _fit_remainder(calib)
+                          "layers_ms": sum(partial.layer_ms(u) for u in vu)})
+    intercept, scale = _fit_remainder(calib)
     for c in calib:
-        c["predicted_ms"] = c["layers_ms"] + float(intercept) + float(slope) * c["melements"]
+        c["predicted_ms"] = scale * c["layers_ms"] + intercept
     return LatencyProfile(
         t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
-        float(intercept), float(slope), tuple(calib), time.perf_counter() - t0,
+        intercept, scale, tuple(calib), time.perf_counter() - t0,
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
     )
 
@@ -391,15 +386,16 @@ def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target,
 
 
 def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
-    """Least squares of (measured - layer tables) on activation volume, slope >= 0: more
-    elementwise work never makes a model faster, and a negative slope fitted to noise would
-    predict that a thinner model is slower."""
-    a = np.array([[1.0, c["melements"]] for c in calib])
-    b = np.array([c["measured_ms"] - c["layers_ms"] for c in calib])
-    (intercept, slope), *_ = np.linalg.lstsq(a, b, rcond=None)
-    if slope < 0:
-        intercept, slope = float(b.mean()), 0.0
-    return float(intercept), float(slope)
+    """Least squares of measured = intercept + scale x layer tables over the end-to-end
+    calibrations. A scale <= 0 (only a broken measurement gives one) would predict that
+    wider layers are free or faster; then the scale is 1 and the intercept the mean gap."""
+    a = np.array([[1.0, c["layers_ms"]] for c in calib])
+    b = np.array([c["measured_ms"] for c in calib])
+    (intercept, scale), *_ = np.linalg.lstsq(a, b, rcond=None)
+    if not scale > 0:
+        scale = 1.0
+        intercept = float(np.mean(b - a[:, 1]))
+    return float(intercept), float(scale)
 
 
 def dense_copy(model: nn.Module) -> nn.Module:

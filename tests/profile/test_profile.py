@@ -238,3 +238,25 @@ def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
     assert folded.count("CONV_2D") < 21
     assert float(fresh.layer1[0].bn2.weight.abs().sum()) == 0.0  # the original is untouched
     assert torch.equal(dense.layer1[0].bn2.weight, torch.ones(16))
+
+
+def test_remainder_fit_recovers_scale_and_intercept_golden():
+    from edgeprune.profile.latency import _fit_remainder
+
+    calib = [{"layers_ms": v, "measured_ms": 1.1 * v - 0.05} for v in (2.0, 1.0, 0.4)]
+    intercept, scale = _fit_remainder(calib)
+    assert scale == pytest.approx(1.1) and intercept == pytest.approx(-0.05)
+    # a non-positive scale would price wider layers as free: refused, gap kept as intercept
+    broken = [{"layers_ms": v, "measured_ms": m} for v, m in ((2.0, 1.0), (1.0, 1.5), (0.4, 1.8))]
+    intercept, scale = _fit_remainder(broken)
+    assert scale == 1.0 and intercept == pytest.approx((-1.0 + 0.5 + 1.4) / 3)
+
+
+def test_prediction_is_scaled_tables_plus_intercept(mini):
+    model, prof = mini
+    units = prof.units(model)
+    tables = sum(prof.layer_ms(u) for u in units)
+    assert prof.predict_ms(model) == pytest.approx(prof.layer_scale * tables + prof.remainder_intercept_ms)
+    parts = prof.breakdown(model)
+    assert sum(parts.values()) == pytest.approx(prof.predict_ms(model))
+    assert prof.layer_scale > 0
