@@ -19,8 +19,9 @@ from edgeprune.types import LatencyStats
 _SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 
 
-def check_measurable(target: Target) -> None:
-    """Raise unless ``target`` can be measured from this process."""
+def check_measurable(target: Target, *, artifact: bool = False) -> None:
+    """Raise unless ``target`` can be measured from this process (``artifact``: measuring a
+    converted file rather than converting a model for the target)."""
     if target.is_analytical:
         raise ConfigError(f"target {target.name!r} is analytical (MACs); it has no latency to measure")
     if not target.is_local:
@@ -32,11 +33,29 @@ def check_measurable(target: Target) -> None:
     if target.runtime not in _SUFFIX:
         raise ConfigError(f"target {target.name!r}: runtime {target.runtime!r} cannot run on this "
                           f"host; local measurement supports {sorted(_SUFFIX)}")
+    if target.precision == "int8" and target.runtime == "litert" and artifact:
+        return  # an exported int8 .tflite runs as it is
     if target.precision != "fp32":
         raise ConfigError(
-            f"target {target.name!r}: {target.precision} measurement needs the {target.precision} "
-            "exporter, which edgeprune does not have yet; use an fp32 target"
+            f"target {target.name!r}: measuring a model at {target.precision} needs its "
+            f"{target.precision} conversion, which needs calibration data; export it (edgeprune "
+            "export CKPT --formats tflite-int8 --calib-data SPEC) and measure the .tflite file. "
+            f"Latency profiles at {target.precision} are not built; use an fp32 target"
         )
+
+
+def _check_precision(path: Path, target: Target) -> None:
+    """Refuse an artifact whose precision is not the target's (an fp32 file timed as int8)."""
+    if target.runtime != "litert":
+        return
+    from edgeprune.runtimes import open_session
+
+    int8 = open_session(path, runtime="litert", threads=target.threads).has_int8_tensors
+    if int8 != (target.precision == "int8"):
+        have = "int8" if int8 else "fp32"
+        raise ConfigError(f"artifact {str(path)!r} is an {have} model but target {target.name!r} is "
+                          f"{target.precision}; measure it on a {have} target"
+                          + (" (host-litert-int8)" if int8 else " (host-litert)"))
 
 
 def convert_for(model: nn.Module, target: Target, path: str | os.PathLike,
@@ -89,21 +108,24 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
 def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Target, *,
             input_shape: tuple[int, ...] | None = None) -> LatencyStats:
     """Latency of a model (converted for the target first) or of an artifact file, measured on
-    ``target``'s runtime with its threads and protocol. A failure raises; it is never zero."""
+    ``target``'s runtime with its threads and protocol. A failure raises; it is never zero.
+    An int8 target measures int8 artifacts (export the model first)."""
     t = load_target(target)
-    check_measurable(t)
     if isinstance(model_or_artifact, nn.Module):
+        check_measurable(t)
         shape = input_shape or _spec_shape(model_or_artifact)
         with tempfile.TemporaryDirectory(prefix="edgeprune-measure-") as d:
             path = convert_for(model_or_artifact, t, Path(d) / f"model{_SUFFIX[t.runtime]}",
                                torch.zeros(1, *shape[-3:]))
             return time_artifact(path, t)
+    check_measurable(t, artifact=True)
     path = Path(model_or_artifact)
     if not path.is_file():
         raise ProfileError(f"artifact {str(path)!r} does not exist")
     if path.suffix != _SUFFIX[t.runtime]:
         raise ConfigError(f"artifact {str(path)!r} is not a {_SUFFIX[t.runtime]} file, which "
                           f"target {t.name!r} ({t.runtime}) runs")
+    _check_precision(path, t)
     return time_artifact(path, t)
 
 

@@ -49,6 +49,11 @@ class LiteRTSession(Session):
     def output_quantization(self) -> tuple[float, int]:
         return tuple(self._out["quantization"])
 
+    @property
+    def has_int8_tensors(self) -> bool:
+        """Whether the graph holds int8 tensors (an int8 model, whatever its I/O dtype)."""
+        return any(np.dtype(t["dtype"]) == np.int8 for t in self._interp.get_tensor_details())
+
     def _prepare(self, x: np.ndarray) -> None:
         nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         if self.input_dtype != np.float32:

@@ -158,12 +158,28 @@ def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
 @pytest.mark.parametrize("target, msg", [
     ("macs", "analytical"),
     ("raspberry-pi-4-litert", "agent://"),
-    ("host-litert-int8", "int8 measurement"),
+    ("host-litert-int8", "needs its int8 conversion"),
     ("iphone-coreml", "agent://"),
 ])
 def test_unmeasurable_targets(target, msg):
     with pytest.raises(ConfigError, match=msg):
         measure(TinyNet(), target, input_shape=SHAPE)
+
+
+def test_int8_target_measures_int8_artifacts_only(tmp_path):
+    from edgeprune import export
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.zeros(1, *SHAPE)
+    q = export.to_tflite_int8(model, tmp_path / "q.tflite", x, [torch.randn(16, *SHAPE)], min_images=16)
+    f = export.to_tflite(model, tmp_path / "f.tflite", x)
+    st = measure(q, "host-litert-int8")
+    assert st.median_ms > 0 and st.passes == 3
+    with pytest.raises(ConfigError, match="is an fp32 model but target 'host-litert-int8'"):
+        measure(f, "host-litert-int8")
+    with pytest.raises(ConfigError, match="is an int8 model but target 'host-litert'"):
+        measure(q, "host-litert")
 
 
 def test_package_is_callable_as_the_profile_verb():
