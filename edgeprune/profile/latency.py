@@ -326,7 +326,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
 
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
                                  {u.path: u.signature for u in units}, overhead, 0.0, 1.0)
-        # remainder: end-to-end measurements of the full model and uniformly thinned copies
+        # scale and intercept: end-to-end measurements of the full model and thinned copies
         example = torch.zeros(1, *shape)
         groups = channel_groups(model, example)
         variants, calib_paths = [], []
