@@ -54,7 +54,7 @@ def _check_precision(path: Path, target: Target) -> None:
     if int8 != (target.precision == "int8"):
         have = "int8" if int8 else "fp32"
         raise ConfigError(f"artifact {str(path)!r} is an {have} model but target {target.name!r} is "
-                          f"{target.precision}; measure it on a {have} target"
+                          f"{target.precision}; measure it on an {have} target"
                           + (" (host-litert-int8)" if int8 else " (host-litert)"))
 
 
