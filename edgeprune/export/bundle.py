@@ -26,6 +26,7 @@ from torch import nn
 
 from edgeprune._io import atomic_path, write_json
 from edgeprune.errors import ConfigError, ExportError
+from edgeprune.export.tflite import check_int8_logits
 from edgeprune.types import InputSpec, Progress
 
 FORMATS = ("tflite", "tflite-int8", "coreml", "onnx")
@@ -135,9 +136,7 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
             n += len(x)
             if n >= calibration_images:
                 break
-    if int8_logits not in INT8_RANGE_NOTE:
-        raise ConfigError(f"int8_logits={int8_logits!r} is not an int8 output range; choose from "
-                          f"{list(INT8_RANGE_NOTE)}")
+    check_int8_logits(int8_logits, "int8_logits")
     if "tflite-int8" in formats and not calib:
         raise ConfigError("tflite-int8 needs calibration data: pass calibration= (normalised NCHW batches, "
                           "e.g. the pruning data; CLI: --calib-data SPEC)")

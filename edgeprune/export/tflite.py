@@ -72,6 +72,13 @@ def _check_no_transpose(path: Path) -> None:
 INT8_LOGITS = ("top2", "full")
 
 
+def check_int8_logits(logits: str, name: str = "logits") -> None:
+    """Raise unless ``logits`` names an int8 output range (see :func:`to_tflite_int8`);
+    ``name`` is the argument the caller was given it as."""
+    if logits not in INT8_LOGITS:
+        raise ConfigError(f"{name}={logits!r} is not an int8 output range; choose from {list(INT8_LOGITS)}")
+
+
 def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor,
                    calibration: Iterable, *, min_images: int = 100,
                    max_images: int = 1000, logits: str = "top2") -> Path:
@@ -91,8 +98,7 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
     under the range saturate at its floor. With 256 levels over the full range, near-tied top
     logits round to the same value and argmax flips (see docs/export.md).
     """
-    if logits not in INT8_LOGITS:
-        raise ConfigError(f"logits={logits!r} is not an int8 output range; choose from {list(INT8_LOGITS)}")
+    check_int8_logits(logits)
     try:
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer
