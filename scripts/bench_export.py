@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _bench import calibration_and_test  # scripts/_bench.py, beside this file
+from _bench import baseline_checkpoints, load_with_data  # scripts/_bench.py, beside this file
 
 import edgeprune
 from edgeprune import data
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="default: bench/results/export.json (export_quick.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    ckpts = sorted((ROOT / "bench" / "baselines").glob("*/model.safetensors"))
+    ckpts = baseline_checkpoints()
     if a.quick:
         ckpts, a.images, a.calib_images = [ROOT / "bench/baselines/resnet20-shapes/model.safetensors"], 100, 100
     a.out = a.out or str(ROOT / "bench" / "results" / ("export_quick.json" if a.quick else "export.json"))
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':28} {'format':12} {'export s':>8} {'KiB':>6} {'host ms':>8} {'max|d|':>9} {'agree':>7} "
           f"{'top1':>7} {'ref':>7} {'arm64 vs x86':>12} status")
     for ck in ckpts:
-        model = edgeprune.load(ck)
-        spec = model.edgeprune_spec
-        calib, test = calibration_and_test(spec, a.calib_images, a.images)
+        model, spec, calib, test = load_with_data(ck, a.calib_images, a.images)
         with tempfile.TemporaryDirectory(prefix="edgeprune-bench-export-") as d:
             bundle = edgeprune.export(model, Path(d) / "bundle", formats=formats, calibration=calib)
             report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from _bench import calibration_and_test  # scripts/_bench.py, beside this file
+from _bench import baseline_checkpoints, load_with_data  # scripts/_bench.py, beside this file
 
 import edgeprune
 from edgeprune import data
@@ -35,16 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_logits.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
-    ckpts = sorted((ROOT / "bench" / "baselines").glob("*/model.safetensors"))
+    ckpts = baseline_checkpoints()
     if a.only:
         ckpts = [c for c in ckpts if c.parent.name in a.only]
     rows = []
     print(f"{'model':22} {'range':5} {'images':>6} {'agree':>7} {'flips':>5} {'top1':>7} {'ref':>7} "
           f"{'out scale':>9} {'SQNR dB':>7}")
     for ck in ckpts:
-        model = edgeprune.load(ck)
-        spec = model.edgeprune_spec
-        calib, test = calibration_and_test(spec, a.calib_images, a.images)
+        model, spec, calib, test = load_with_data(ck, a.calib_images, a.images)
         for rng in RANGES:
             with tempfile.TemporaryDirectory(prefix="edgeprune-bench-int8-") as d:
                 bundle = edgeprune.export(model, Path(d) / "b", formats=("tflite-int8",), calibration=calib,
