@@ -8,6 +8,8 @@ Runtimes: PyTorch fp32 (this host's CPU kernels), LiteRT with its default XNNPAC
 (shown only to locate the error; edgeprune never runs them), ONNX Runtime (CPU).
 
 Errors are max |y - y_fp64| over the images, also divided by max |y_fp64| (the scale).
+When the emulated aarch64 runtime is built (make arm64-runtime), each single layer's .tflite
+also runs on aarch64 LiteRT, and the row records how many outputs equal the x86 ones.
 Prints a table and writes bench/results/fp32_accumulation.json.
 
     .venv/bin/python scripts/bench_fp32_accumulation.py [--images 500]
@@ -32,6 +34,7 @@ from edgeprune.export.onnx import to_onnx
 from edgeprune.export.tflite import to_tflite
 from edgeprune.profile.latency import host_identity
 from edgeprune.runtimes import open_session
+from edgeprune.validate import arm64
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +78,8 @@ def _errors(outs: dict[str, np.ndarray], ref64: np.ndarray) -> dict[str, dict[st
                 "relative": float(np.abs(v - ref64).max()) / scale} for k, v in outs.items()}
 
 
-def _case(name: str, model: nn.Module, x: np.ndarray, d: Path, seq: np.ndarray | None = None) -> dict:
+def _case(name: str, model: nn.Module, x: np.ndarray, d: Path, seq: np.ndarray | None = None,
+          on_arm64: bool = False) -> dict:
     model = model.eval()
     example = torch.from_numpy(x[:1])
     tfl, onx = to_tflite(model, d / f"{name}.tflite", example), to_onnx(model, d / f"{name}.onnx", example)
@@ -87,6 +91,11 @@ def _case(name: str, model: nn.Module, x: np.ndarray, d: Path, seq: np.ndarray |
     outs["litert_builtin"] = _litert_builtin(tfl, x)
     outs["onnxruntime"] = open_session(onx, runtime="onnxruntime").run(x)
     row = {"case": name, "images": len(x), "scale": float(np.abs(ref64).max()), "errors": _errors(outs, ref64)}
+    if on_arm64:  # the same file on aarch64 LiteRT (NHWC in and out there)
+        y = arm64.run_artifact(tfl, np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+        y = y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+        row["arm64_litert"] = {"equal_to_x86": float(np.mean(y == outs["litert_xnnpack"])),
+                               "max_abs_vs_x86": float(np.abs(y - outs["litert_xnnpack"]).max())}
     if seq is not None:  # compared on the outputs the sequential sum covers
         k = seq.shape[1]
         row["sequential_fp32_outputs"] = k
@@ -106,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     model, spec, _, test = load_with_data(ck, 1, a.images)
     mean, std = (np.array(v, np.float32)[:, None, None] for v in (spec.input.mean, spec.input.std))
     x = np.stack([(np.asarray(img) - mean) / std for img, _ in test]).astype(np.float32)
-    rows = []
+    rows, emu = [], arm64.available()
     with tempfile.TemporaryDirectory(prefix="edgeprune-fp32-") as tmp:
         d = Path(tmp)
         rows.append(_case(f"{ck.parent.name} (whole model)", model, x, d))
@@ -122,15 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             inp = acts[i].numpy()
             seq = _sequential_conv(conv, inp, 16)
             rows.append(_case(f"conv{i} {conv.in_channels}->{conv.out_channels} 3x3 "
-                              f"@{inp.shape[2]}x{inp.shape[3]} (K={k})", conv, inp, d, seq))
+                              f"@{inp.shape[2]}x{inp.shape[3]} (K={k})", conv, inp, d, seq, emu))
         rows.append(_case("classifier 8192->10 (K=8192)", nn.Sequential(nn.Flatten(), model.classifier),
-                          acts[-1].numpy(), d))
+                          acts[-1].numpy(), d, on_arm64=emu))
     runtimes = ("pytorch_fp32", "litert_xnnpack", "litert_builtin", "onnxruntime")
-    print(f"{'case':44} {'scale':>7} " + " ".join(f"{r:>15}" for r in runtimes) + f" {'sequential':>12}")
+    print(f"{'case':44} {'scale':>7} " + " ".join(f"{r:>15}" for r in runtimes) + f" {'arm64=x86':>10}"
+          f" {'sequential':>12}")
     for r in rows:
         seq = r.get("errors_on_those_outputs")
         print(f"{r['case']:44} {r['scale']:7.2f} "
               + " ".join(f"{r['errors'][k]['relative']:15.2e}" for k in runtimes)
+              + (f" {100 * r['arm64_litert']['equal_to_x86']:9.1f}%" if "arm64_litert" in r else f" {'-':>10}")
               + (f" {seq['sequential_fp32']['relative']:12.2e} (xnnpack {seq['litert_xnnpack']['relative']:.2e}, "
                  f"{100 * r['sequential_equals_xnnpack']:.0f}% of outputs equal)"
                  if seq else ""))
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max |reference|); sequential_fp32 sums each output in order in one float32 accumulator",
         "command": "scripts/bench_fp32_accumulation.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_identity(),
-        "rows": rows,
+        "arm64_versions": arm64.versions() if emu else None, "rows": rows,
     })
     print(f"\nwrote {a.out}")
     return 0
