@@ -29,6 +29,7 @@ import torch
 from _bench import baseline_checkpoints, load_with_data  # scripts/_bench.py, beside this file
 from torch import nn
 
+from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.export.onnx import to_onnx
 from edgeprune.export.tflite import to_tflite
@@ -113,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ck = next(c for c in baseline_checkpoints() if c.parent.name.startswith("vgg_small"))
     model, spec, _, test = load_with_data(ck, 1, a.images)
-    mean, std = (np.array(v, np.float32)[:, None, None] for v in (spec.input.mean, spec.input.std))
-    x = np.stack([(np.asarray(img) - mean) / std for img, _ in test]).astype(np.float32)
+    x = torch.cat([b for b, _ in data.batches(test, 250, mean=spec.input.mean, std=spec.input.std)]).numpy()
     rows, emu = [], arm64.available()
     with tempfile.TemporaryDirectory(prefix="edgeprune-fp32-") as tmp:
         d = Path(tmp)
