@@ -6,7 +6,9 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from edgeprune.data import input_of
@@ -43,29 +45,80 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
         raise ConfigError(f"budget_ratio={budget_ratio} is invalid; need 0 < ratio <= 1 "
                           "(0.5 = half the baseline's predicted latency)")
     t = load_target(target)
-    cost: Cost
-    if t.is_analytical:
-        if profile is not None:
-            raise ConfigError(f"target {t.name!r} is analytical (MACs); it takes no latency profile")
-        shape = tuple(input_of(next(iter(data))).shape[1:])
-        cost = MacsCost(model, shape)  # type: ignore[arg-type]
-    else:
-        if profile is None:
-            from edgeprune.profile import profile as measure_profile
-
-            profile = measure_profile(model, t, on_progress=on_progress)
-        elif not isinstance(profile, LatencyProfile):
-            profile = LatencyProfile.load(profile, target=t)
-        if profile.target.name != t.name:
-            raise ProfileError(f"the profile was measured for target {profile.target.name!r}, not "
-                               f"{t.name!r}; profile this target or pass its profile")
-        cost = LatencyCost(profile, model)
+    shape = tuple(input_of(next(iter(data))).shape[1:])
+    cost = _cost(model, t, profile, shape, on_progress)
     baseline = cost.of_model(model)
     budget = budget_ms if budget_ms is not None else budget_ratio * baseline  # type: ignore[operator]
     round_to = config.round_to or t.round_to
     with _distributed():
         return run(model, data, cost=cost, budget=float(budget), target=t.name, round_to=round_to,
                    config=config, on_progress=on_progress)
+
+
+@dataclass(frozen=True)
+class BudgetRange:
+    """The costs a pruning of ``model`` can reach on a target, in ``unit`` ("ms" predicted, or
+    "MMACs"): from ``baseline`` (unpruned) down to ``floor`` (every channel group at its
+    narrowest width, ``max(min_width, round_to)``)."""
+
+    baseline: float
+    floor: float
+    unit: str
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.floor / self.baseline
+
+
+def budget_range(model: nn.Module, *, target: str | Target,
+                 profile: LatencyProfile | str | os.PathLike | None = None,
+                 input_shape: tuple[int, int, int] | None = None,
+                 config: PruneConfig = PruneConfig()) -> BudgetRange:
+    """How far :func:`prune` can go on ``target`` with ``config``'s widths, without training:
+    a budget below ``floor`` is refused. ``profile`` as for :func:`prune` (measured now when
+    None); ``input_shape`` (C, H, W) defaults to the profile's or the model's spec."""
+    from edgeprune.prune.select import width_floor
+    from edgeprune.prune.structure import WidthMap, group_structure
+
+    t = load_target(target)
+    if input_shape is None:
+        if isinstance(profile, LatencyProfile):
+            input_shape = profile.input_shape
+        else:
+            spec = getattr(model, "edgeprune_spec", None)
+            if spec is None:
+                raise ConfigError("model has no input spec; pass input_shape=(C, H, W)")
+            input_shape = spec.input.shape
+    shape = tuple(input_shape)
+    cost = _cost(model, t, profile, shape, None)
+    groups = group_structure(model, torch.zeros(1, *shape))
+    widthmap = WidthMap(model, groups)
+    round_to = config.round_to or t.round_to
+    floor = width_floor({g.name: g.width for g in groups}, round_to=round_to,
+                        min_width=config.min_width or round_to)
+    return BudgetRange(cost(widthmap({})), cost(widthmap(floor)), cost.unit)
+
+
+def _cost(model: nn.Module, t: Target, profile: LatencyProfile | str | os.PathLike | None,
+          input_shape: tuple[int, ...], on_progress: Callable[[Progress], None] | None) -> Cost:
+    """The pruner's cost on ``t``: MACs for an analytical target, else the latency profile
+    (loaded, checked against this host for a local target, or measured now)."""
+    if t.is_analytical:
+        if profile is not None:
+            raise ConfigError(f"target {t.name!r} is analytical (MACs); it takes no latency profile")
+        return MacsCost(model, input_shape)  # type: ignore[arg-type]
+    if profile is None:
+        from edgeprune.profile import profile as measure_profile
+
+        profile = measure_profile(model, t, input_shape=input_shape, on_progress=on_progress)
+    elif not isinstance(profile, LatencyProfile):
+        profile = LatencyProfile.load(profile, target=t)
+    else:
+        profile.check_host()
+    if profile.target.name != t.name:
+        raise ProfileError(f"the profile was measured for target {profile.target.name!r}, not "
+                           f"{t.name!r}; profile this target or pass its profile")
+    return LatencyCost(profile, model)
 
 
 @contextlib.contextmanager

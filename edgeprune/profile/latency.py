@@ -17,15 +17,19 @@ scale with the layers: the whole model's invoke overhead, pooling, the head.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
-import multiprocessing
 import os
 import platform
+import queue
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +53,12 @@ CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 
 
 def host_identity() -> dict[str, Any]:
+    """This machine as a profile records it: CPU model, cores, architecture, OS, hostname."""
+    return dict(_host_identity())
+
+
+@functools.lru_cache(maxsize=1)
+def _host_identity() -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -211,11 +221,34 @@ class LatencyProfile:
     def save(self, path: str | os.PathLike) -> Path:
         return write_json(path, self.to_dict())
 
+    def check_host(self, *, where: str = "the profile") -> None:
+        """Raise :class:`ProfileError` unless this profile can describe this machine.
+
+        A measured profile of a local (``host-*``) target describes only the machine that
+        measured it: its CPU model and its runtime version must be this host's. Profiles of
+        device targets (measured on the device) and estimates are not tied to this host."""
+        if not (self.target.is_local and self.source == "measured" and not self.target.is_analytical):
+            return
+        here = host_identity()
+        fix = (f"re-profile on this machine (edgeprune profile --target {self.target.name} --model "
+               "MODEL --out FILE), or give no profile and one is measured now")
+        if (self.host.get("cpu"), self.host.get("machine")) != (here["cpu"], here["machine"]):
+            raise ProfileError(
+                f"{where} was measured on {self.host.get('cpu')!r} ({self.host.get('machine')}) but "
+                f"this host is {here['cpu']!r} ({here['machine']}); a {self.target.name} profile "
+                f"describes only the machine that measured it; {fix}")
+        have = runtime_version(self.target.runtime)
+        if have != self.runtime_version:
+            raise ProfileError(f"{where} was measured with {self.target.runtime} "
+                               f"{self.runtime_version}, but {have} is installed; {fix}")
+
     @classmethod
     def load(cls, path: str | os.PathLike, *, target: str | Target | None = None,
-             check_runtime: bool = True) -> LatencyProfile:
+             check_host: bool = True) -> LatencyProfile:
         """Read a profile file. With ``target``, refuse a profile of another target; with
-        ``check_runtime``, refuse one measured with another version of the local runtime."""
+        ``check_host`` (default), refuse a local target's profile measured on another machine
+        or with another runtime version (see :meth:`check_host`). ``check_host=False`` reads
+        any profile as a record, e.g. to compare machines; never predict with one."""
         p = Path(path)
         if not p.is_file():
             raise ProfileError(f"profile {str(p)!r} does not exist")
@@ -229,13 +262,8 @@ class LatencyProfile:
             if t.name != prof.target.name:
                 raise ProfileError(f"profile {str(p)!r} was measured for target {prof.target.name!r}, "
                                    f"not {t.name!r}")
-        if check_runtime and prof.target.is_local and prof.source == "measured":
-            have = runtime_version(prof.target.runtime)
-            if have != prof.runtime_version:
-                raise ProfileError(
-                    f"profile {str(p)!r} was measured with {prof.target.runtime} "
-                    f"{prof.runtime_version}, but {have} is installed; re-profile"
-                )
+        if check_host:
+            prof.check_host(where=f"profile {str(p)!r}")
         return prof
 
 
@@ -355,34 +383,92 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     )
 
 
-def _convert_point(unit: LayerUnit, c_in: int, c_out: int, target: Target, path: Path) -> Path:
+def _convert_point(unit: LayerUnit, c_in: int, c_out: int, target: Target,
+                   path: str | os.PathLike) -> Path:
     m, x = layer_model(unit, c_in, c_out if unit.kind != "dwconv" else c_in)
     return convert_for(m, target, path, x, fast=True)
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
 
 
 def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target, d: Path,
                     workers: int, done: Callable[[tuple[str, int, int]], None]
                     ) -> dict[tuple[str, int, int], Path]:
+    """Convert every grid point to ``d``. With ``workers`` > 1, in that many worker processes
+    started as ``python -m edgeprune.profile._convert_worker`` (not a multiprocessing pool,
+    which would re-import the caller's ``__main__``); their output is captured and shown
+    only when one fails."""
     suffix = _SUFFIX[target.runtime]
-    jobs = {(sig, ci, co): (unit, ci, co, target, d / f"point{i}{suffix}")
+    jobs = {(sig, ci, co): (unit, ci, co, d / f"point{i}{suffix}")
             for i, (sig, unit, ci, co) in enumerate(todo)}
-    paths = {}
     if workers == 1 or len(jobs) < 4:
-        for k, args in jobs.items():
-            paths[k] = _convert_point(*args)
+        for k, (unit, ci, co, path) in jobs.items():
+            _convert_point(unit, ci, co, target, path)
             done(k)
-        return paths
-    ctx = multiprocessing.get_context("spawn")  # fork after torch/LiteRT threads start is unsafe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
-        futures = {ex.submit(_convert_point, *args): k for k, args in jobs.items()}
-        for f in as_completed(futures):
-            paths[futures[f]] = f.result()
-            done(futures[f])
-    return paths
+        return {k: v[3] for k, v in jobs.items()}
+    keys = list(jobs)
+    chunks = [keys[i::workers] for i in range(workers)]  # round robin: each gets every kind
+    procs = []
+    for i, chunk in enumerate(chunks):
+        spec = {"target": target.to_dict(),
+                "jobs": [{"key": list(k), "unit": dataclasses.asdict(jobs[k][0]), "c_in": k[1],
+                          "c_out": k[2], "path": str(jobs[k][3])} for k in chunk]}
+        err = (d / f"worker{i}.log").open("w+")
+        proc = subprocess.Popen([sys.executable, "-m", "edgeprune.profile._convert_worker"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=_worker_env())
+        proc.stdin.write(json.dumps(spec))  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        procs.append((proc, err))
+    finished: queue.Queue = queue.Queue()
+
+    def read(proc: subprocess.Popen) -> None:
+        try:  # lines other than the worker's own (a converter's progress) are ignored
+            with proc.stdout:  # type: ignore[union-attr]
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    if line.startswith(_DONE):
+                        finished.put(tuple(json.loads(line[len(_DONE):])))
+        finally:
+            finished.put(None)
+
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p, _ in procs]
+    for r in readers:
+        r.start()
+    open_readers = len(readers)
+    while open_readers:
+        k = finished.get()
+        if k is None:
+            open_readers -= 1
+        else:
+            done(k)
+    failures = []
+    for proc, err in procs:
+        if proc.wait() != 0:
+            err.seek(0)
+            tail = [ln for ln in err.read().splitlines() if ln.strip()][-3:]
+            failures.append(f"exit {proc.returncode}: {' | '.join(tail) or 'no output'}")
+        err.close()
+    if failures:
+        raise ProfileError(f"converting single-layer models for {target.name} failed in a worker "
+                           f"process ({'; '.join(failures)})")
+    missing = [k for k in keys if not jobs[k][3].is_file()]
+    if missing:
+        raise ProfileError(f"converter workers exited cleanly but wrote no file for {missing[:3]}")
+    return {k: v[3] for k, v in jobs.items()}
+
+
+_DONE = "edgeprune-converted "  # the worker's line for a finished job: this, then its key as JSON
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment, with edgeprune importable (also from a source checkout) and
+    the converters' C++ logging at errors only (the worker's output is shown on failure)."""
+    import edgeprune
+
+    env = dict(os.environ)
+    root = str(Path(edgeprune.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:

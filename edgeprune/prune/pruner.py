@@ -52,7 +52,7 @@ from edgeprune.prune.cost import Cost
 from edgeprune.prune.gates import GroupGates
 from edgeprune.prune.ista import group_soft_threshold
 from edgeprune.prune.losses import attention_loss, kd_loss, mutual_loss
-from edgeprune.prune.select import select_channels
+from edgeprune.prune.select import select_channels, width_floor
 from edgeprune.prune.structure import GroupStructure, WidthMap, group_structure
 from edgeprune.types import Progress
 
@@ -310,13 +310,14 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
 
     baseline = cost_of(full)
     min_width = cfg.min_width or round_to
-    floor = {g.name: min(g.width, max(min_width, round_to)) for g in groups}
-    smallest = cost_of(floor)
+    smallest = cost_of(width_floor(full, round_to=round_to, min_width=min_width))
     if budget < smallest:
         raise ConfigError(
             f"budget {budget:.4g} {cost.unit} is below the smallest reachable {smallest:.4g} {cost.unit} "
-            f"(every group at min width {min_width}, round_to {round_to}; baseline "
-            f"{baseline:.4g} {cost.unit}); raise the budget or lower min_width")
+            f"({smallest / baseline:.3f}x of the baseline's {baseline:.4g} {cost.unit}, every group at "
+            f"{max(min_width, round_to)} channels: round_to {round_to}, min_width {min_width}); raise the "
+            f"budget to at least {smallest:.4g}, or lower round_to and min_width (CLI: --round-to N "
+            "--min-width N), at the price of widths the runtime may run no faster")
 
     points = list(cfg.feature_points) if cfg.feature_points is not None else stage_outputs(teacher, example)
     use_feat = cfg.feature_loss and cfg.lambda_feat > 0 and bool(points)

@@ -17,6 +17,12 @@ import numpy as np
 from edgeprune.errors import ConfigError
 
 
+def width_floor(widths: Mapping[str, int], *, round_to: int, min_width: int) -> dict[str, int]:
+    """The narrowest each group may become: ``max(min_width, round_to)`` channels, or its
+    whole width when it is already narrower."""
+    return {g: min(n, max(min_width, round_to)) for g, n in widths.items()}
+
+
 @dataclass(frozen=True)
 class Selection:
     keep: dict[str, np.ndarray]  # group -> indices of kept channels (sorted)
@@ -38,7 +44,7 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
         raise ConfigError(f"round_to={round_to} and min_width={min_width} must be >= 1")
     order = {g: np.argsort(np.asarray(s, dtype=np.float64), kind="stable") for g, s in sensitivity.items()}
     widths = {g: len(s) for g, s in sensitivity.items()}
-    floor = {g: min(n, max(min_width, round_to)) for g, n in widths.items()}
+    floor = width_floor(widths, round_to=round_to, min_width=min_width)
     total = {g: len(s) for g, s in sensitivity.items()}
 
     def next_width(g: str, n: int) -> int:

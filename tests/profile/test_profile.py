@@ -276,3 +276,29 @@ def test_prediction_is_scaled_tables_plus_intercept(mini):
     parts = prof.breakdown(model)
     assert sum(parts.values()) == pytest.approx(prof.predict_ms(model))
     assert prof.layer_scale > 0
+
+
+def test_a_plain_script_without_main_guard_can_profile(tmp_path):
+    """Converter workers are `python -m` processes: nothing re-imports the caller's script
+    (a spawn pool would run it again in each worker, and die with BrokenProcessPool). Widths
+    32 with round_to 16 give 8 grid points, enough for the two workers to start."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "import edgeprune\n"
+        "print('script body ran')\n"
+        "model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
+        "                      nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
+        "                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()\n"
+        "prof = edgeprune.profile(model, 'host-litert', input_shape=(3, 16, 16), max_points=2,\n"
+        "                         workers=2)\n"
+        "print('predicted', prof.predict_ms(model) > 0)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("script body ran") == 1, proc.stdout
+    assert "predicted True" in proc.stdout

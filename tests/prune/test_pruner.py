@@ -3,6 +3,7 @@ effective, runs reproducible, bad input refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,18 +78,50 @@ def test_unlabeled_npy_source_end_to_end_meets_the_budget(tmp_path):
     assert "budget" in str(res) and "c3.0" in str(res)
 
 
-def test_prunes_toward_milliseconds_from_a_committed_latency_profile():
+def _as_if_measured_here(profile_path, tmp_path):
+    """The committed profile, its host rewritten to this machine's: the pruner only reads the
+    tables (which machine they describe is the profile's own business, tested elsewhere)."""
+    from edgeprune.profile.latency import host_identity
+
+    d = json.loads(profile_path.read_text())
+    d["host"] = host_identity()
+    out = tmp_path / "here.json"
+    out.write_text(json.dumps(d))
+    return out
+
+
+def test_prunes_toward_milliseconds_from_a_committed_latency_profile(tmp_path):
     model = edgeprune.zoo.create("resnet20")
     torch.manual_seed(0)
     randomize_bn(model)
+    committed = ROOT / "profiles" / "host-litert" / "resnet20.json"
     res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
-                          profile=ROOT / "profiles" / "host-litert" / "resnet20.json", budget_ratio=0.7,
+                          profile=_as_if_measured_here(committed, tmp_path), budget_ratio=0.7,
                           config=PruneConfig(steps=12, update_interval=2))
     assert res.cost_unit == "ms" and res.cost_source == "measured"
     assert res.predicted_ms <= res.budget_ms == pytest.approx(0.7 * res.baseline_predicted_ms)
     assert res.removal_max_abs_diff <= 1e-4
     # host-litert's round_to is 16: every group width is a multiple of 16
     assert all(w % 16 == 0 for w in res.group_widths_after.values())
+
+
+def test_a_host_profile_measured_on_another_machine_is_refused(tmp_path):
+    """A host-* profile describes the machine that measured it; pruning with another CPU's
+    tables would budget for that machine (the README's quickstart did, silently)."""
+    from edgeprune.errors import ProfileError
+    from edgeprune.profile import LatencyProfile
+
+    d = json.loads((ROOT / "profiles" / "host-litert" / "resnet20.json").read_text())
+    d["host"] = {**d["host"], "cpu": "Imaginary CPU 9000"}
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps(d))
+    model = edgeprune.zoo.create("resnet20")
+    batches = random_batches(n=4, batch=8, hw=32)
+    with pytest.raises(ProfileError, match="Imaginary CPU 9000.*edgeprune profile --target host-litert"):
+        edgeprune.prune(model, batches, target="host-litert", profile=path, budget_ratio=0.7)
+    record = LatencyProfile.load(path, check_host=False)  # readable as a record, e.g. to compare
+    with pytest.raises(ProfileError, match="Imaginary CPU 9000"):
+        edgeprune.prune(model, batches, target="host-litert", profile=record, budget_ratio=0.7)
 
 
 def test_concatenation_and_squeeze_excitation_prune_end_to_end():
