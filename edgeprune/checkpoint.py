@@ -150,6 +150,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -174,6 +175,19 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         if key not in header:
             raise CheckpointError(f"checkpoint {str(path)!r} spec lacks {key!r}")
     return header
+
+
+def _refuse_pickle(path: Path) -> None:
+    """A torch.save file (a zip archive holding a pickle, or a bare pickle) gets a message
+    that says what it is and how to convert it, not a safetensors parse error."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a torch pickle (torch.save), which edgeprune never loads: "
+            "unpickling can run code; convert it once, where you trust the file: "
+            "model.load_state_dict(torch.load(path, weights_only=True)), then "
+            "edgeprune.save(model, 'model.safetensors', spec=...) (docs/checkpoints.md)")
 
 
 def read_spec(path: str | os.PathLike) -> ModelSpec:

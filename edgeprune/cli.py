@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeprune._quiet import quiet_output
 from edgeprune.errors import EdgepruneError
 from edgeprune.types import Progress
 
@@ -74,6 +75,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from edgeprune.types import InputSpec
 
     _set_threads(a.threads)
+    out = _out_dir(a.out)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     zoo.create(a.model)  # an unknown name fails here, before any data is read
     src = data.open(a.data, split=None if ":" in a.data else "train", labels=True, limit=a.limit)
@@ -93,7 +95,6 @@ def cmd_train(a: argparse.Namespace) -> int:
                     device=a.device)
     finally:
         close()
-    out = Path(a.out)
     final = evaluate(res.model, val, input_spec=ispec) if val is not None else None
     metrics = {
         "model": a.model,
@@ -161,6 +162,46 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _writable_parent(p: Path, flag: str) -> None:
+    """Raise unless the nearest existing ancestor of ``p`` is a writable directory."""
+    from edgeprune.errors import ConfigError
+
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {str(p)!r} cannot be created: {str(parent)!r} is a file; "
+                                  "choose another path")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"{flag} {str(p)!r} cannot be created: {str(parent)!r} is not "
+                                  "writable; choose another path")
+            return
+
+
+def _out_dir(text: str, flag: str = "--out") -> Path:
+    """An output directory, checked before any work: not a file, creatable, writable."""
+    from edgeprune.errors import ConfigError
+
+    p = Path(text)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {text!r} is an existing file; give a directory (created if missing)")
+    if p.is_dir() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{flag} {text!r} is not writable; choose another directory")
+    _writable_parent(p, flag)
+    return p
+
+
+def _out_file(text: str, flag: str = "--out") -> Path:
+    """An output file, checked before any work: not a directory, its directory creatable."""
+    from edgeprune.errors import ConfigError
+
+    p = Path(text)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {text!r} is a directory; give a file path, e.g. "
+                          f"{str(p / 'profile.json')!r}")
+    _writable_parent(p, flag)
+    return p
+
+
 def cmd_prune(a: argparse.Namespace) -> int:
     import hashlib
 
@@ -178,10 +219,12 @@ def cmd_prune(a: argparse.Namespace) -> int:
             cfg = PruneConfig.from_dict(json.loads(Path(a.config).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read prune config {a.config!r}: {e}") from e
-    overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed", "device")
+    overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed", "device",
+                                            "round_to", "min_width")
                  if getattr(a, k) is not None}
     cfg = cfg.replace(**overrides)
-    load_target(a.target)  # an unknown target fails before any data is read
+    out = _out_dir(a.out)  # a bad --out or target fails before any data is read
+    load_target(a.target)
     model = edgeprune.load(a.checkpoint)
     spec = model.edgeprune_spec
     src = data.open(a.data, labels=False, size=spec.input.hw, limit=a.limit)
@@ -196,7 +239,6 @@ def cmd_prune(a: argparse.Namespace) -> int:
         close()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun every rank holds the same result; rank 0 writes it
-    out = Path(a.out)
     sha = hashlib.sha256(Path(a.checkpoint).read_bytes()).hexdigest()
     meta = {"pruned_from": str(a.checkpoint), "pruned_from_sha256": sha, "target": res.target,
             "predicted": res.predicted_ms, "cost_unit": res.cost_unit,
@@ -246,6 +288,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from edgeprune.export import FORMATS
 
     _set_threads(a.threads)
+    out = _out_dir(a.out)
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -261,14 +304,14 @@ def cmd_export(a: argparse.Namespace) -> int:
                           "like the ones the model will see, e.g. the pruning data)")
     tick, close = _progress_bar("export")
     try:
-        bundle = edgeprune.export(model, a.out, formats=formats, calibration=calib,
+        bundle = edgeprune.export(model, out, formats=formats, calibration=calib,
                                   coreml_precision=a.coreml_precision,
                                   calibration_images=a.calib_images, int8_logits=a.int8_logits,
-                                  on_progress=tick)
+                                  force=a.force, on_progress=tick)
     finally:
         close()
     print(bundle)
-    print(f"wrote {a.out}/ (model.json, README.md and the artifacts)")
+    print(f"wrote {out}/ (model.json, README.md and the artifacts)")
     return 0
 
 
@@ -327,6 +370,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     from edgeprune.profile import LatencyProfile, load_target, profile
 
     _set_threads(a.torch_threads)
+    out = _out_file(a.out)
     target = load_target(a.target)
     model = _load_model(a.model)
     cache = LatencyProfile.load(a.cache, target=target) if a.cache else None
@@ -335,9 +379,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
         prof = profile(model, target, max_points=a.max_points, cache=cache, on_progress=tick)
     finally:
         close()
-    prof.save(a.out)
+    prof.save(out)
     print(prof)
-    print(f"wrote {a.out}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -359,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edgeprune", description=__doc__)
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show third-party warnings and converter logs (hidden by default)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a zoo model with labels (the baseline/teacher)")
@@ -411,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--seed", type=int, default=None)
     pn.add_argument("--batch-size", type=_positive_int, default=64)
     pn.add_argument("--limit", type=_positive_int, default=None, help="use the first N images")
+    pn.add_argument("--round-to", type=_positive_int, default=None,
+                    help="channel step of pruned widths (default: the target's round_to)")
+    pn.add_argument("--min-width", type=_positive_int, default=None,
+                    help="narrowest a channel group may become (default: round_to; the floor is "
+                         "max(min_width, round_to))")
     pn.add_argument("--device", default=None, help="where pruning steps run: cpu (default) or cuda")
     pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
     pn.add_argument("--out", required=True, help="output directory")
@@ -425,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--coreml-precision", choices=("fp16", "fp32"), default="fp16")
     ex.add_argument("--int8-logits", choices=("top2", "full"), default="top2",
                     help="int8 output range: top2 (classifiers; low logits saturate) or full")
-    ex.add_argument("--out", required=True, help="bundle directory")
+    ex.add_argument("--out", required=True, help="bundle directory (new or empty)")
+    ex.add_argument("--force", action="store_true",
+                    help="replace an existing bundle in --out (the whole bundle, atomically)")
     ex.set_defaults(func=cmd_export)
 
     va = sub.add_parser("validate", help="check a bundle's artifacts against PyTorch on their runtimes")
@@ -450,11 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     a.argv = argv
-    try:
-        return int(a.func(a) or 0)
-    except EdgepruneError as e:
-        print(f"edgeprune: error: {e}", file=sys.stderr)
-        return 2
+    with quiet_output(a.verbose):
+        try:
+            return int(a.func(a) or 0)
+        except EdgepruneError as e:
+            print(f"edgeprune: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

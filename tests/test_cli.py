@@ -144,11 +144,17 @@ def _bad_data(tmp_path, kind):
     if kind == "wrong shape":
         np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 5), np.uint8))
         return str(tmp_path / "x.npy"), "no axis of 1 or 3 channels"
+    if kind == "nan":
+        x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+        x[0, 0, 0, 0] = np.nan
+        np.save(tmp_path / "x.npy", x)
+        return str(tmp_path / "x.npy"), "1 NaN"
     np.save(tmp_path / "x.npy", np.zeros((4, 32, 32, 3), np.int64))
     return str(tmp_path / "x.npy"), "dtype int64"
 
 
-@pytest.mark.parametrize("kind", ["empty folder", "unreadable image", "wrong shape", "wrong dtype"])
+@pytest.mark.parametrize("kind", ["empty folder", "unreadable image", "wrong shape", "wrong dtype",
+                                  "nan"])
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_bad_data_exits_with_one_line(capsys, tmp_path, ckpt, kind, command):
     spec, needle = _bad_data(tmp_path, kind)
@@ -236,3 +242,93 @@ def test_export_then_validate_exit_codes(capsys, tmp_path, ckpt):
     assert_one_line_error(code, err, "no model.json")
     code, _, err = run(capsys, "validate", str(out), "--data", "shapes:test", "--on", "gpu")
     assert_one_line_error(code, err, "gpu")
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_torch_pickle_is_named_and_never_loaded(capsys, tmp_path, zipped):
+    import torch
+
+    path = tmp_path / "model.pt"
+    torch.save(zoo.create("resnet20").state_dict(), path, _use_new_zipfile_serialization=zipped)
+    code, _, err = run(capsys, "eval", str(path), "--data", "shapes:test")
+    assert_one_line_error(code, err, "model.pt", "torch pickle", "weights_only=True", "edgeprune.save")
+
+
+def _a_file(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("not a directory")
+    return f
+
+
+@pytest.mark.parametrize("make_argv, needles", [
+    (lambda t, c, f: ["prune", c, "--data", "shapes", "--target", "host-litert", "--budget", "0.5x",
+                   "--out", str(f)], ["--out", "existing file"]),
+    (lambda t, c, f: ["profile", "--target", "host-litert", "--model", "resnet20",
+                   "--out", str(f / "p.json")], ["--out", "is a file"]),
+    (lambda t, c, f: ["profile", "--target", "host-litert", "--model", "resnet20", "--out", str(t)],
+     ["--out", "is a directory"]),
+    (lambda t, c, f: ["export", c, "--out", str(f)], ["--out", "existing file"]),
+    (lambda t, c, f: ["train", "--model", "resnet20", "--data", "shapes",
+                   "--out", str(f / "r")], ["--out", "is a file"]),
+])
+def test_bad_output_paths_fail_before_any_work(capsys, tmp_path, ckpt, make_argv, needles):
+    """Checked up front: the whole run used to happen first, then a traceback lost it."""
+    import time
+
+    t0 = time.perf_counter()
+    code, _, err = run(capsys, *make_argv(tmp_path, ckpt, _a_file(tmp_path)))
+    assert time.perf_counter() - t0 < 5, "the check must come before any work"
+    assert code == 2
+    assert_one_line_error(code, err, *needles)
+    assert (tmp_path / "a_file").read_text() == "not a directory"
+
+
+def test_export_into_a_bundle_replaces_it_whole_and_only_with_force(capsys, tmp_path, ckpt):
+    out = tmp_path / "b"
+    code, _, err = run(capsys, "export", ckpt, "--formats", "onnx,tflite", "--out", str(out))
+    assert code == 0, err
+    first = json.loads((out / "model.json").read_text())
+    code, _, err = run(capsys, "export", ckpt, "--formats", "onnx", "--out", str(out))
+    assert_one_line_error(code, err, "not empty", "--force")
+    assert json.loads((out / "model.json").read_text()) == first  # untouched
+    code, _, err = run(capsys, "export", ckpt, "--formats", "onnx", "--out", str(out), "--force")
+    assert code == 0, err
+    # the old bundle's model.tflite went with it: no artifact of another export remains
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.json", "model.onnx",
+                                                     "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no build left over
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    code, _, err = run(capsys, "export", ckpt, "--formats", "onnx", "--out", str(tmp_path / "mine"),
+                       "--force")
+    assert_one_line_error(code, err, "no edgeprune bundle")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_prune_exposes_min_width_and_round_to(capsys, tmp_path, small_ckpt):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (96, 16, 16, 3), dtype=np.uint8))
+    (tmp_path / "cfg.json").write_text(json.dumps({"update_interval": 4}))
+    argv = ["prune", small_ckpt, "--data", str(tmp_path / "x.npy"), "--target", "macs", "--steps", "20",
+            "--batch-size", "16", "--out", str(tmp_path / "o"), "--budget", "0.15x",
+            "--config", str(tmp_path / "cfg.json")]
+    code, _, err = run(capsys, *argv, "--round-to", "4", "--min-width", "8")
+    assert_one_line_error(code, err, "below the smallest reachable", "every group at 8 channels",
+                          "--round-to N --min-width N")
+    code, _, err = run(capsys, *argv, "--round-to", "1", "--min-width", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "prune_report.json").read_text())
+    assert report["config"]["min_width"] == 1 and report["config"]["round_to"] == 1
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_noise_is_hidden_unless_verbose(verbose):
+    """A conversion on LiteRT prints torch FutureWarnings, absl/TFLite C++ lines and an XNNPACK
+    INFO line; the CLI shows them only with --verbose (which proves this test can fail)."""
+    argv = [sys.executable, "-m", "edgeprune.cli", *(["--verbose"] if verbose else []),
+            "measure", "resnet20", "--target", "host-litert"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    noise = [ln for ln in (r.stdout + r.stderr).splitlines()
+             if any(k in ln for k in ("Warning", "WARNING", "INFO:", "I0000", "W1201", "Failed to load"))]
+    assert bool(noise) == verbose, noise[:5]
+    assert "resnet20 on host-litert: litert" in r.stdout

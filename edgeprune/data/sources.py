@@ -323,7 +323,13 @@ def _check_images(arr: np.ndarray, path: Path) -> np.ndarray:
         pass
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            n_nan = int(np.isnan(arr).sum())
+            raise DataError(f"float images in {str(path)!r} contain {n_nan} NaN and "
+                            f"{int(bad.sum()) - n_nan} infinite value(s); clean them (e.g. "
+                            "np.nan_to_num) or save uint8 images")
+        if arr.min() < 0 or arr.max() > 1:
             raise DataError(f"float images in {str(path)!r} must lie in [0, 1] "
                             f"(saw [{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]); scale them or save uint8")
     else:

@@ -3,16 +3,19 @@
 and measured host latency per artifact) and a README with Android / iOS loading code.
 
 ``edgeprune.export(model, out_dir, formats=..., example_input=..., calibration=...)``.
-Each artifact is written atomically; ``model.json`` is written last, so a bundle with a
-``model.json`` is complete. A failed export raises and leaves no artifact of that format.
+The bundle is built in a temporary directory and moved into place when complete: a failed
+export raises and leaves ``out_dir`` as it was, and a re-export never mixes two models.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -99,7 +102,8 @@ class Bundle:
 def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
            example_input: torch.Tensor | None = None, calibration: Iterable | None = None,
            spec=None, coreml_precision: str = "fp16", calibration_images: int = 500,
-           int8_logits: str = "top2", on_progress: Callable[[Progress], None] | None = None) -> Bundle:
+           int8_logits: str = "top2", force: bool = False,
+           on_progress: Callable[[Progress], None] | None = None) -> Bundle:
     """Export ``model`` to ``formats`` in ``out_dir`` with model.json and a README.
 
     ``example_input``: NCHW (default: zeros of the spec's input shape). ``calibration``:
@@ -109,15 +113,21 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
     (classifiers; default) or ``"full"``, see :func:`edgeprune.export.tflite.to_tflite_int8`.
     ``spec``: a ModelSpec (default: the model's own,
     from ``edgeprune.load``).
+
+    ``out_dir`` must be new or empty; ``force=True`` replaces an existing bundle there. The
+    bundle is built in a temporary directory beside ``out_dir`` and moved into place when
+    complete, so ``out_dir`` never mixes two models' artifacts and a failed export leaves it
+    as it was.
     """
-    from edgeprune import __version__
-    from edgeprune.checkpoint import save, spec_of
+    from edgeprune.checkpoint import spec_of
     from edgeprune.data import input_of
 
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ConfigError(f"unknown export format(s) {bad}; choose from {list(FORMATS)}")
+    out = Path(out_dir)
+    _check_out_dir(out, force)
     spec = spec or getattr(model, "edgeprune_spec", None) or spec_of(model)
     if spec is None:
         raise ConfigError("model has no spec (architecture, input); pass spec=ModelSpec(...) or load it "
@@ -142,15 +152,56 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
                           "e.g. the pruning data; CLI: --calib-data SPEC)")
     check_x = (torch.cat(calib)[:CHECK_IMAGES] if calib else
                torch.randn(16, *ispec.shape, generator=torch.Generator().manual_seed(0)))
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     with torch.no_grad():
         ref = model(check_x).numpy()
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = out / "model.json"
-    if stale.exists():
-        stale.unlink()  # the bundle is incomplete until the new model.json is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as build:
+        model_json, artifacts = _build(Path(build), model, spec, formats, example, calib, ispec,
+                                       check_x, ref, coreml_precision, int8_logits, on_progress)
+        _swap_in(Path(build), out)
+        return Bundle(out, tuple(artifacts), model_json)
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Refuse, before any work, an ``out_dir`` that is a file, or a non-empty directory unless
+    ``force`` and it holds an edgeprune bundle (never replace a directory edgeprune did not
+    write)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export directory {str(out)!r} is an existing file; give a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ConfigError(f"export directory {str(out)!r} is not empty; choose a new directory, or "
+                          "replace the bundle in it with force=True (CLI: --force)")
+    if not (out / "model.json").is_file():
+        raise ConfigError(f"export directory {str(out)!r} is not empty and holds no edgeprune bundle "
+                          "(no model.json); edgeprune replaces only its own bundles: choose a new "
+                          "directory")
+
+
+def _swap_in(build: Path, out: Path) -> None:
+    """Move the finished bundle ``build`` to ``out``, replacing what was there: two renames,
+    so ``out`` holds the old bundle or the new one, never a mix."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(build, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(build, out)
+    build.mkdir()  # the TemporaryDirectory context removes it again
+
+
+def _build(out: Path, model: nn.Module, spec, formats: tuple[str, ...], example: torch.Tensor,
+           calib: list[torch.Tensor], ispec: InputSpec, check_x: torch.Tensor, ref: np.ndarray,
+           coreml_precision: str, int8_logits: str,
+           on_progress: Callable[[Progress], None] | None) -> tuple[dict[str, Any], list[Artifact]]:
+    """Write every artifact, model.json and the README into the empty directory ``out``."""
+    from edgeprune import __version__
+    from edgeprune.checkpoint import save
+
     src = save(model, out / "model.safetensors", spec=spec)
     total = len(formats)
     artifacts = []
@@ -188,7 +239,7 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, formats: Sequence[st
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(_readme(model_json, formats))
     write_json(out / "model.json", model_json)
-    return Bundle(out, tuple(artifacts), model_json)
+    return model_json, artifacts
 
 
 def _export_one(fmt: str, model: nn.Module, path: Path, example: torch.Tensor,

@@ -156,6 +156,33 @@ def test_failed_export_leaves_no_artifact_and_no_model_json(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.tflite")]
 
 
+def test_a_failed_re_export_leaves_the_previous_bundle_as_it_was(tmp_path):
+    from edgeprune.checkpoint import ModelSpec
+    from edgeprune.types import InputSpec
+
+    torch.manual_seed(0)
+    good = randomize_bn(TinyNet())
+    spec = ModelSpec("tests.conftest:tiny_net", {}, InputSpec())
+    out = tmp_path / "b"
+    edgeprune.export(good, out, formats=("onnx",), spec=spec)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    broken = ModelSpec("tests.export.test_bundle:_Broken", {}, InputSpec())
+    with pytest.raises(ExportError):
+        edgeprune.export(_Broken(), out, formats=("tflite",), spec=broken, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no build directory left behind
+
+
+def test_export_leaves_the_callers_model_in_its_mode(tmp_path):
+    from edgeprune.checkpoint import ModelSpec
+    from edgeprune.types import InputSpec
+
+    model = TinyNet().train()
+    edgeprune.export(model, tmp_path / "b", formats=("onnx",),
+                     spec=ModelSpec("tests.conftest:tiny_net", {}, InputSpec()))
+    assert model.training and all(m.training for m in model.modules())
+
+
 def test_export_argument_errors(baseline, tmp_path):
     with pytest.raises(ConfigError, match="unknown export format"):
         edgeprune.export(baseline, tmp_path, formats=("tflite-int4",))
