@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
+# QUICK=1: a short pruning run and small checks (a smoke test; CI runs it)
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(QUICK),--quick,)
 
 test: setup
 	$(PY) -m pytest -q
