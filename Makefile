@@ -33,8 +33,10 @@ bench: setup
 arm64-runtime: setup
 	bash scripts/make-arm64-runtime.sh
 
+# ruff, and the layer map (pyproject's [tool.importlinter]): a wrong-way import fails
 lint: setup
 	$(VENV)/bin/ruff check edgeprune tests scripts
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,29 +1,101 @@
-"""Public verbs that span layers: they resolve targets and profiles, then call a layer."""
+"""The public verbs: plain functions, the thing acted on positional, options keyword-only, the
+same names across verbs (``target``, ``data``, ``input_shape``, ``on_progress``).
+
+    profile(model, *, target, ...)            -> LatencyProfile   per-layer latency tables
+    measure(model_or_artifact, *, target)     -> LatencyStats     end-to-end latency
+    prune(model, data, *, target, budget_*)   -> PruneResult      label-free, to a budget
+    budget_range(model, *, target, ...)       -> BudgetRange      how far pruning can go
+    export(model, out_dir, *, data, config)   -> Bundle           TFLite/int8/CoreML/ONNX
+    validate(bundle, data, *, on)             -> ValidationReport artifacts vs PyTorch
+
+A model needs no edgeprune spec: its input shape comes from ``input_shape=``, else from the
+first batch of ``data``, else from the spec a checkpoint or the zoo gave it. No verb modifies
+the caller's model. Each imports its layer when called, so ``import edgeprune`` stays light.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from edgeprune.data import input_of
 from edgeprune.errors import ConfigError, ProfileError
-from edgeprune.profile import LatencyProfile, Target, load_target
-from edgeprune.prune.config import PruneConfig
-from edgeprune.prune.cost import Cost, LatencyCost, MacsCost
-from edgeprune.prune.pruner import PruneResult, run
-from edgeprune.types import Progress
+from edgeprune.types import LatencyStats, Progress
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgeprune.bundle import Bundle, ExportConfig
+    from edgeprune.models.checkpoint import ModelSpec
+    from edgeprune.profiling.latency import LatencyProfile
+    from edgeprune.pruning.config import PruneConfig
+    from edgeprune.pruning.cost import Cost
+    from edgeprune.pruning.result import PruneResult
+    from edgeprune.targets import Target
+    from edgeprune.validation.report import ValidationReport
+
+def input_shape_of(model: nn.Module, *, data: Iterable | None = None,
+                   input_shape: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) for ``model``: ``input_shape`` if given, else one sample of ``data``'s first
+    batch, else the model's spec (from ``edgeprune.load`` or the zoo)."""
+    from edgeprune.data import input_of
+    from edgeprune.models.checkpoint import spec_of
+
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+    elif data is not None:
+        shape = tuple(input_of(next(iter(data))).shape[1:])
+    else:
+        spec = spec_of(model)
+        if spec is None:
+            raise ConfigError(f"{type(model).__name__} has no input spec: pass data= (its batches give "
+                              "the input shape) or input_shape=(C, H, W)")
+        shape = spec.input.shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"input shape {shape} is invalid; give (C, H, W) of one sample")
+    return shape  # type: ignore[return-value]
+
+
+def profile(model: nn.Module, *, target: str | Target, data: Iterable | None = None,
+            input_shape: Sequence[int] | None = None, max_points: int = 8,
+            cache: LatencyProfile | None = None, workers: int | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
+    """Measure a latency profile of ``model``'s architecture on ``target``: per-layer tables
+    on the target's runtime plus a fitted remainder, so it predicts any pruned variant.
+
+    ``max_points`` caps the grid points per width axis. ``cache``: an earlier profile of the
+    same target, runtime version and host whose points are reused. ``workers``: converter
+    processes (default 2 for LiteRT). A profile of a local target describes this machine only.
+    """
+    from edgeprune.profiling.latency import profile as measure_profile
+
+    shape = input_shape_of(model, data=data, input_shape=input_shape)
+    return measure_profile(model, target, input_shape=shape, max_points=max_points, cache=cache,
+                           workers=workers, on_progress=on_progress)
+
+
+def measure(model_or_artifact: nn.Module | str | os.PathLike, *, target: str | Target,
+            data: Iterable | None = None, input_shape: Sequence[int] | None = None) -> LatencyStats:
+    """End-to-end latency of a model (converted for the target first) or of an artifact file,
+    on ``target``'s runtime with its threads and protocol (fastest of interleaved passes). A
+    failure raises; it is never zero. An int8 target measures int8 artifacts."""
+    from torch import nn
+
+    from edgeprune.profiling.measurement import measure as measure_latency
+
+    if isinstance(model_or_artifact, nn.Module):
+        shape = input_shape_of(model_or_artifact, data=data, input_shape=input_shape)
+        return measure_latency(model_or_artifact, target, input_shape=shape)
+    return measure_latency(model_or_artifact, target)
 
 
 def prune(model: nn.Module, data: Iterable, *, target: str | Target,
-          profile: LatencyProfile | str | os.PathLike | None = None,
           budget_ms: float | None = None, budget_ratio: float | None = None,
-          config: PruneConfig = PruneConfig(),
+          profile: LatencyProfile | str | os.PathLike | None = None,
+          config: PruneConfig | None = None,
           on_progress: Callable[[Progress], None] | None = None) -> PruneResult:
     """Prune ``model`` (never modified) to a latency budget on ``target``, without labels.
 
@@ -31,9 +103,14 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
     the input). Exactly one of ``budget_ms`` (milliseconds predicted on the target; millions
     of MACs for the ``macs`` target) or ``budget_ratio`` (fraction of the baseline's
     predicted cost, e.g. 0.5). ``profile``: the target's latency profile of this
-    architecture (a :class:`LatencyProfile` or its JSON file); when None it is measured now
-    with :func:`edgeprune.profile` (progress stage "profile").
+    architecture (a :class:`LatencyProfile` or its JSON file; a local target's must have been
+    measured on this machine); when None it is measured now (progress stage "profile").
     """
+    from edgeprune.pruning.config import PruneConfig
+    from edgeprune.pruning.pruner import run
+    from edgeprune.targets import load_target
+
+    config = PruneConfig() if config is None else config
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"config must be a PruneConfig, got {type(config).__name__}")
     if (budget_ms is None) == (budget_ratio is None):
@@ -45,8 +122,7 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
         raise ConfigError(f"budget_ratio={budget_ratio} is invalid; need 0 < ratio <= 1 "
                           "(0.5 = half the baseline's predicted latency)")
     t = load_target(target)
-    shape = tuple(input_of(next(iter(data))).shape[1:])
-    cost = _cost(model, t, profile, shape, on_progress)
+    cost = _cost(model, t, profile, input_shape_of(model, data=data), on_progress)
     baseline = cost.of_model(model)
     budget = budget_ms if budget_ms is not None else budget_ratio * baseline  # type: ignore[operator]
     round_to = config.round_to or t.round_to
@@ -57,7 +133,7 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
 
 @dataclass(frozen=True)
 class BudgetRange:
-    """The costs a pruning of ``model`` can reach on a target, in ``unit`` ("ms" predicted, or
+    """The costs a pruning of a model can reach on a target, in ``unit`` ("ms" predicted, or
     "MMACs"): from ``baseline`` (unpruned) down to ``floor`` (every channel group at its
     narrowest width, ``max(min_width, round_to)``)."""
 
@@ -70,26 +146,25 @@ class BudgetRange:
         return self.floor / self.baseline
 
 
-def budget_range(model: nn.Module, *, target: str | Target,
+def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | None = None,
+                 input_shape: Sequence[int] | None = None,
                  profile: LatencyProfile | str | os.PathLike | None = None,
-                 input_shape: tuple[int, int, int] | None = None,
-                 config: PruneConfig = PruneConfig()) -> BudgetRange:
+                 config: PruneConfig | None = None) -> BudgetRange:
     """How far :func:`prune` can go on ``target`` with ``config``'s widths, without training:
     a budget below ``floor`` is refused. ``profile`` as for :func:`prune` (measured now when
-    None); ``input_shape`` (C, H, W) defaults to the profile's or the model's spec."""
-    from edgeprune.prune.select import width_floor
-    from edgeprune.prune.structure import WidthMap, group_structure
+    None)."""
+    import torch
 
+    from edgeprune.graph import WidthMap, group_structure
+    from edgeprune.pruning.config import PruneConfig
+    from edgeprune.pruning.select import width_floor
+    from edgeprune.targets import load_target
+
+    config = PruneConfig() if config is None else config
     t = load_target(target)
-    if input_shape is None:
-        if isinstance(profile, LatencyProfile):
-            input_shape = profile.input_shape
-        else:
-            spec = getattr(model, "edgeprune_spec", None)
-            if spec is None:
-                raise ConfigError("model has no input spec; pass input_shape=(C, H, W)")
-            input_shape = spec.input.shape
-    shape = tuple(input_shape)
+    if input_shape is None and data is None and _is_profile(profile):
+        input_shape = profile.input_shape  # type: ignore[union-attr]
+    shape = input_shape_of(model, data=data, input_shape=input_shape)
     cost = _cost(model, t, profile, shape, None)
     groups = group_structure(model, torch.zeros(1, *shape))
     widthmap = WidthMap(model, groups)
@@ -99,17 +174,60 @@ def budget_range(model: nn.Module, *, target: str | Target,
     return BudgetRange(cost(widthmap({})), cost(widthmap(floor)), cost.unit)
 
 
+def export(model: nn.Module, out_dir: str | os.PathLike, *, data: Iterable | None = None,
+           input_shape: Sequence[int] | None = None, config: ExportConfig | None = None,
+           spec: ModelSpec | None = None, force: bool = False,
+           on_progress: Callable[[Progress], None] | None = None) -> Bundle:
+    """Export ``model`` (never modified) to ``config.formats`` in ``out_dir`` with model.json,
+    the PyTorch source checkpoint and a README with Android / iOS loading code.
+
+    ``data``: normalised NCHW batches (the pruner's unlabeled data): int8 calibration
+    (required for ``tflite-int8``), the export-time parity check, and the input shape of a
+    model without a spec. ``spec``: a ModelSpec for the source checkpoint (default: the
+    model's own; a plain module is recorded as ``module:Class``, built without arguments).
+    ``out_dir`` must be new or empty; ``force=True`` replaces an existing bundle there. The
+    bundle is built beside ``out_dir`` and moved into place when complete, so ``out_dir``
+    never mixes two models and a failed export leaves it as it was.
+    """
+    from edgeprune.bundle.build import ExportConfig, build
+
+    return build(model, out_dir, data=data,
+                 input_shape=tuple(input_shape) if input_shape is not None else None, spec=spec,
+                 config=ExportConfig() if config is None else config, force=force,
+                 on_progress=on_progress)
+
+
+def validate(bundle: Bundle | str | os.PathLike, data: Iterable, *, on: Sequence[str] = ("host",),
+             arm64_cpu: str = "neoverse-n1", max_images: int = 1000,
+             on_progress: Callable[[Progress], None] | None = None) -> ValidationReport:
+    """Check every artifact of ``bundle`` against its PyTorch source checkpoint on ``data``
+    (normalised NCHW batches, or (x, labels) for accuracy): on the host's runtimes, and with
+    ``on=("host", "arm64-emulated")`` also on aarch64 builds of LiteRT and ONNX Runtime."""
+    from edgeprune.validation.report import validate as run_validation
+
+    return run_validation(bundle, data, on=on, arm64_cpu=arm64_cpu, max_images=max_images,
+                          on_progress=on_progress)
+
+
+def _is_profile(obj: object) -> bool:
+    from edgeprune.profiling.latency import LatencyProfile
+
+    return isinstance(obj, LatencyProfile)
+
+
 def _cost(model: nn.Module, t: Target, profile: LatencyProfile | str | os.PathLike | None,
           input_shape: tuple[int, ...], on_progress: Callable[[Progress], None] | None) -> Cost:
     """The pruner's cost on ``t``: MACs for an analytical target, else the latency profile
     (loaded, checked against this host for a local target, or measured now)."""
+    from edgeprune.profiling.latency import LatencyProfile
+    from edgeprune.profiling.latency import profile as measure_profile
+    from edgeprune.pruning.cost import LatencyCost, MacsCost
+
     if t.is_analytical:
         if profile is not None:
             raise ConfigError(f"target {t.name!r} is analytical (MACs); it takes no latency profile")
         return MacsCost(model, input_shape)  # type: ignore[arg-type]
     if profile is None:
-        from edgeprune.profile import profile as measure_profile
-
         profile = measure_profile(model, t, input_shape=input_shape, on_progress=on_progress)
     elif not isinstance(profile, LatencyProfile):
         profile = LatencyProfile.load(profile, target=t)

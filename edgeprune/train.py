@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.config import config_from_dict, config_to_dict
+from edgeprune._config import config_from_dict, config_to_dict
 from edgeprune.data.sources import ImageSource, batches
 from edgeprune.errors import ConfigError, DataError
 from edgeprune.types import InputSpec, Progress
@@ -153,6 +153,20 @@ def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
         history.append(h)
     model.cpu().eval()
     return TrainResult(model, input_spec, tuple(history), time.perf_counter() - t0, config)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+    """Logits of ``model`` (run in eval mode, then put back in its mode) on the normalised
+    NCHW batch ``x``, ``batch_size`` images at a time, as float32 numpy."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    try:
+        return np.concatenate([model(x[i:i + batch_size].to(device)).cpu().numpy()
+                               for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()

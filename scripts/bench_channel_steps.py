@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 import edgeprune
-from edgeprune import export, runtimes
+from edgeprune import convert, runtimes
 from edgeprune._io import write_json
-from edgeprune.profile.latency import host_identity
+from edgeprune.profiling.latency import host_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 C_IN, HW = 32, 16
@@ -37,8 +37,8 @@ def main() -> int:
         for co in WIDTHS:
             m = nn.Sequential(nn.Conv2d(C_IN, co, 3, 1, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU()).eval()
             ex = torch.zeros(1, C_IN, HW, HW)
-            paths = {"litert": export.to_tflite(m, Path(d) / f"c{co}.tflite", ex),
-                     "onnxruntime": export.to_onnx(m, Path(d) / f"c{co}.onnx", ex,
+            paths = {"litert": convert.to_tflite(m, Path(d) / f"c{co}.tflite", ex),
+                     "onnxruntime": convert.to_onnx(m, Path(d) / f"c{co}.onnx", ex,
                                                    exporter="torchscript", dynamic_batch=False)}
             for rt, p in paths.items():
                 s = runtimes.open_session(p, threads=1)

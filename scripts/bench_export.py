@@ -23,8 +23,9 @@ from _bench import baseline_checkpoints, load_with_data  # scripts/_bench.py, be
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
-from edgeprune.profile.latency import host_identity
-from edgeprune.validate import arm64
+from edgeprune.bundle import FORMATS, ExportConfig
+from edgeprune.profiling.latency import host_identity
+from edgeprune.runtimes import arm64
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpts, a.images, a.calib_images = [ROOT / "bench/baselines/resnet20-shapes/model.safetensors"], 100, 100
     a.out = a.out or str(ROOT / "bench" / "results" / ("export_quick.json" if a.quick else "export.json"))
     ckpts += [Path(p) for p in a.extra]
-    formats = [f for f in edgeprune.export.FORMATS if f != "coreml" or _has_coreml()]
+    formats = tuple(f for f in FORMATS if f != "coreml" or _has_coreml())
     on = ["host"] + (["arm64-emulated"] if arm64.available() else [])
     results = []
     print(f"{'model':28} {'format':12} {'export s':>8} {'KiB':>6} {'host ms':>8} {'max|d|':>9} {'agree':>7} "
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for ck in ckpts:
         model, spec, calib, test = load_with_data(ck, a.calib_images, a.images)
         with tempfile.TemporaryDirectory(prefix="edgeprune-bench-export-") as d:
-            bundle = edgeprune.export(model, Path(d) / "bundle", formats=formats, calibration=calib)
+            bundle = edgeprune.export(model, Path(d) / "bundle", data=calib,
+                                      config=ExportConfig(formats=formats))
             report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,
                                                              std=spec.input.std), on=["host"])
             if "arm64-emulated" in on:
@@ -75,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             host, emu = checks.get("host"), checks.get("arm64-emulated")
             row = {"model": name, "checkpoint": str(ck.relative_to(ROOT) if ck.is_relative_to(ROOT) else ck),
                    "format": art.format, "export_s": art.export_s, "size_bytes": art.size_bytes,
-                   "host_latency": art.host_latency, "io": art.io,
+                   "host_latency": art.to_dict()["host_latency"], "io": art.to_dict()["io"],
                    "host": host.__dict__ if host else None, "arm64_emulated": emu.__dict__ if emu else None}
             results.append(row)
-            ms = art.host_latency.get("median_ms")
+            ms = art.host_latency.median_ms
             print(f"{name:28} {art.format:12} {art.export_s:8.1f} {art.size_bytes / 1024:6.0f} "
                   f"{(f'{ms:.3f}' if ms else '-'):>8} "
                   f"{(f'{host.max_abs:.2e}' if host and host.max_abs is not None else '-'):>9} "

@@ -31,11 +31,10 @@ from torch import nn
 
 from edgeprune import data
 from edgeprune._io import write_json
-from edgeprune.export.onnx import to_onnx
-from edgeprune.export.tflite import to_tflite
-from edgeprune.profile.latency import host_identity
-from edgeprune.runtimes import open_session
-from edgeprune.validate import arm64
+from edgeprune.convert.onnx import to_onnx
+from edgeprune.convert.tflite import to_tflite
+from edgeprune.profiling.latency import host_identity
+from edgeprune.runtimes import arm64, open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ Prints a table and writes bench/results/int8_logits.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -21,7 +22,8 @@ from _bench import baseline_checkpoints, load_with_data  # scripts/_bench.py, be
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
-from edgeprune.profile.latency import host_identity
+from edgeprune.bundle import ExportConfig
+from edgeprune.profiling.latency import host_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 RANGES = ("full", "top2")
@@ -45,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         model, spec, calib, test = load_with_data(ck, a.calib_images, a.images)
         for rng in RANGES:
             with tempfile.TemporaryDirectory(prefix="edgeprune-bench-int8-") as d:
-                bundle = edgeprune.export(model, Path(d) / "b", formats=("tflite-int8",), calibration=calib,
-                                          int8_logits=rng)
+                bundle = edgeprune.export(model, Path(d) / "b", data=calib, config=ExportConfig(
+                    formats=("tflite-int8",), int8_logits=rng))
                 report = edgeprune.validate(bundle, data.batches(test, 250, mean=spec.input.mean,
                                                                  std=spec.input.std),
                                             on=["host"], max_images=a.images)
             c = report.checks[0]
-            q = bundle.artifacts[0].io["output"]["quantization"]
+            q = dataclasses.asdict(bundle.artifacts[0].io.output.quantization)
             flips = round((1 - c.top1_agreement) * c.images)
             rows.append({"model": ck.parent.name, "int8_logits": rng, "images": c.images,
                          "top1_agreement": c.top1_agreement, "flips": flips, "top1": c.top1,

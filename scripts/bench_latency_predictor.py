@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 import edgeprune
-from edgeprune import zoo
+from edgeprune import models
 from edgeprune._io import write_json
-from edgeprune.channels import channel_groups, shrink_to_widths
-from edgeprune.profile import load_target, profile
-from edgeprune.profile.latency import dense_copy, host_identity
-from edgeprune.profile.layers import layer_units
-from edgeprune.profile.measurement import convert_for, time_artifacts
+from edgeprune.graph import group_structure, shrink_to_widths
+from edgeprune.graph.layers import layer_units
+from edgeprune.profiling.latency import dense_copy, host_identity, profile
+from edgeprune.profiling.measurement import convert_for, time_artifacts
+from edgeprune.targets import load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
@@ -64,7 +64,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     target = load_target(target_name)
     torch.manual_seed(seed)
     # structure is what is timed; default BatchNorm, so no branch is folded away as zero
-    model = dense_copy(zoo.create(name)).eval()
+    model = dense_copy(models.create(name)).eval()
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
@@ -75,7 +75,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
         where = str(out_path.relative_to(ROOT))
     log(f"  {name} on {target.name}: profile built in {build_s:.0f} s -> {where}")
     example = torch.zeros(1, *SHAPE)
-    groups = channel_groups(model, example)
+    groups = group_structure(model, example)
     base_pred = prof.predict_ms(model)
     base_macs = macs(model)
     rng = np.random.default_rng(seed)
@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    models = a.models or (["resnet20"] if a.quick else zoo.names())
+    names = a.models or (["resnet20"] if a.quick else models.names())
     n = 8 if a.quick and a.variants == 30 else a.variants
     log = lambda s: print(s, flush=True)  # noqa: E731
     results = []
     t_all = time.perf_counter()
     for target in a.targets:
-        for name in models:
+        for name in names:
             results.append(run_one(name, target, n, a.seed, log, save=not a.quick))
     print()
     print(f"{'target':18} {'model':12} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "

@@ -24,10 +24,11 @@ import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.errors import ProfileError
-from edgeprune.profile import LatencyProfile, load_target
-from edgeprune.profile.latency import host_identity
-from edgeprune.profile.measurement import convert_for, time_artifact
-from edgeprune.prune import PruneConfig
+from edgeprune.profiling import LatencyProfile
+from edgeprune.profiling.latency import host_identity
+from edgeprune.profiling.measurement import convert_for, time_artifact
+from edgeprune.pruning import PruneConfig
+from edgeprune.targets import load_target
 from edgeprune.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         prof = LatencyProfile.load(committed, target=t)
     except ProfileError as e:
         print(f"not using {committed.relative_to(ROOT)} ({str(e).split(';')[0]}); profiling this machine")
-        prof = edgeprune.profile(teacher, t)
+        prof = edgeprune.profile(teacher, target=t)
     train_spec = spec.metadata.get("data", "shapes").split(":")[0]
     src = data.open(train_spec, split="train", size=spec.input.hw, limit=a.limit)
     batches = data.Batches(src, a.batch_size, mean=spec.input.mean, std=spec.input.std, augment=True,
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline_top1": base_acc.top1, "pruned_top1": acc.top1,
                 "top1_drop_points": 100 * (base_acc.top1 - acc.top1),
                 "agreement_with_baseline": acc.agreement,
-                "budget_ms": res.budget_ms, "baseline_predicted_ms": res.baseline_predicted_ms,
-                "pruned_predicted_ms": res.predicted_ms,
+                "budget_ms": res.budget, "baseline_predicted_ms": res.baseline_cost,
+                "pruned_predicted_ms": res.predicted_cost,
                 "baseline_measured_ms": base_ms, "pruned_measured_ms": pruned_ms,
-                "measured_over_budget": pruned_ms / res.budget_ms,
+                "measured_over_budget": pruned_ms / res.budget,
                 "measured_speedup": base_ms / pruned_ms,
                 "baseline_round_medians_ms": base_runs, "pruned_round_medians_ms": pruned_runs,
                 "params_before": res.params_before, "params_after": res.params_after,

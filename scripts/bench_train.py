@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 
 import edgeprune
-from edgeprune import zoo
+from edgeprune import models
 from edgeprune._io import write_json
-from edgeprune.profile.latency import host_identity
+from edgeprune.profiling.latency import host_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench(name: str, batch: int, iters: int) -> dict:
     torch.manual_seed(0)
-    model = zoo.create(name)
+    model = models.create(name)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     iters = 3 if a.quick else 10
     results = {}
     print(f"{'model':12} {'params':>10} {'train img/s':>12} {'infer img/s':>12}")
-    for name in zoo.names():
+    for name in models.names():
         r = bench(name, a.batch, iters)
         results[name] = r
         print(f"{name:12} {r['params']:10,} {r['train_img_s']:12.1f} {r['infer_img_s']:12.1f}", flush=True)

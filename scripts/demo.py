@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeprune._quiet import quiet_output
+from edgeprune.cli._quiet import quiet_output
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "bench" / "baselines" / "resnet20-shapes" / "model.safetensors"
@@ -50,15 +50,15 @@ def _demo(a: argparse.Namespace) -> int:
     import torch
 
     import edgeprune
-    from edgeprune import data, export, validate
-    from edgeprune.api import budget_range
+    from edgeprune import convert, data
+    from edgeprune.bundle import FORMATS, ExportConfig
     from edgeprune.errors import ProfileError
-    from edgeprune.profile import LatencyProfile, load_target
-    from edgeprune.profile.latency import host_identity, runtime_version
-    from edgeprune.profile.measurement import time_artifacts
-    from edgeprune.prune import PruneConfig
+    from edgeprune.profiling import LatencyProfile, time_artifacts
+    from edgeprune.profiling.latency import host_identity, runtime_version
+    from edgeprune.pruning import PruneConfig
+    from edgeprune.runtimes import arm64
+    from edgeprune.targets import load_target
     from edgeprune.train import evaluate
-    from edgeprune.validate import arm64
 
     torch.set_num_threads(2)
     t_start = time.perf_counter()
@@ -90,7 +90,7 @@ def _demo(a: argparse.Namespace) -> int:
                 cache, why = None, "earlier profile is of another architecture"
         except ProfileError as e:
             why = f"earlier profile not used: {e}".split("; ")[0]
-    prof = edgeprune.profile(model, TARGET, cache=cache, max_points=4 if a.quick else 8)
+    prof = edgeprune.profile(model, target=TARGET, cache=cache, max_points=4 if a.quick else 8)
     prof.save(prof_path)
     print(f"target    {TARGET}: {target.runtime} {runtime_version(target.runtime)}, {target.precision}, "
           f"{target.threads} thread(s), on {host['cpu']} ({host['machine']}, {host['cores']} cores)")
@@ -98,7 +98,7 @@ def _demo(a: argparse.Namespace) -> int:
 
     # 2. a budget this machine can reach
     cfg = PruneConfig(steps=150, update_interval=15) if a.quick else PruneConfig(epochs=a.epochs)
-    reach = budget_range(model, target=TARGET, profile=prof, config=cfg)
+    reach = edgeprune.budget_range(model, target=TARGET, profile=prof, config=cfg)
     ratio = a.budget
     note = f"{a.budget:g}x of the predicted baseline {reach.baseline:.3f} ms"
     if ratio < FLOOR_MARGIN * reach.floor_ratio:
@@ -117,11 +117,11 @@ def _demo(a: argparse.Namespace) -> int:
     pruned = res.model
     pacc = evaluate(pruned, test, input_spec=ispec, reference=model, reference_input_spec=ispec)
     print(f"prune     {res.steps} steps on {len(src):,} unlabeled {a.prune_data} images in "
-          f"{time.perf_counter() - t0:.0f} s: {res.baseline_predicted_ms:.3f} -> {res.predicted_ms:.3f} ms "
+          f"{time.perf_counter() - t0:.0f} s: {res.baseline_cost:.3f} -> {res.predicted_cost:.3f} ms "
           f"predicted, {res.params_before:,} -> {res.params_after:,} parameters")
     ckpt = edgeprune.save(pruned, out / "pruned.safetensors", spec=spec.with_metadata(
         pruned_for=TARGET, test_top1=pacc.top1, teacher_test_top1=acc.top1,
-        predicted_ms=res.predicted_ms, budget_ms=res.budget_ms))
+        predicted_ms=res.predicted_cost, budget_ms=res.budget))
     _write_json(out / "prune_result.json", res.to_dict())
 
     # 4. both models on the host runtime: parity with PyTorch, and latency timed together
@@ -130,23 +130,24 @@ def _demo(a: argparse.Namespace) -> int:
     xs = next(iter(data.batches(sub, n_parity, mean=ispec.mean, std=ispec.std)))[0]
     tfl = {}
     for name, m in (("baseline", model), ("pruned", pruned)):
-        tfl[name] = export.to_tflite(m, out / f"{name}.tflite", torch.zeros(1, *ispec.shape))
+        tfl[name] = convert.to_tflite(m, out / f"{name}.tflite", torch.zeros(1, *ispec.shape))
     ms = time_artifacts([tfl["baseline"], tfl["pruned"]], target)
     parity = max(_max_diff(m, tfl[n], xs) for n, m in (("baseline", model), ("pruned", pruned)))
 
     # 5. the bundle an app developer receives: every format, model.json, README; validated
-    formats = [f for f in export.FORMATS if f != "coreml" or _has_coreml()]
+    formats = [f for f in FORMATS if f != "coreml" or _has_coreml()]
     if a.quick:  # 150 steps leave logits too close for int8's 99% agreement bar: not a result
         formats.remove("tflite-int8")
     calib = data.Batches(data.open(a.prune_data, size=ispec.hw, limit=200 if a.quick else 500), 100,
                          mean=ispec.mean, std=ispec.std, shuffle=False)
-    bundle = export(pruned, out / "bundle", formats=formats, calibration=calib, force=True)
+    bundle = edgeprune.export(pruned, out / "bundle", data=calib,
+                              config=ExportConfig(formats=tuple(formats)), force=True)
     checks = data.open(a.data, labels=True, size=ispec.hw, limit=n_check)
-    report = validate(bundle, data.batches(checks, 250, mean=ispec.mean, std=ispec.std))
+    report = edgeprune.validate(bundle, data.batches(checks, 250, mean=ispec.mean, std=ispec.std))
     where = f"{len(checks)} {a.data} images on the host"
     if arm64.available():
-        emu = validate(bundle, data.batches(checks, n_arm64, mean=ispec.mean, std=ispec.std),
-                       on=["arm64-emulated"], max_images=n_arm64)
+        emu = edgeprune.validate(bundle, data.batches(checks, n_arm64, mean=ispec.mean, std=ispec.std),
+                                 on=["arm64-emulated"], max_images=n_arm64)
         report = type(report)(report.bundle, report.checks + emu.checks)
         where += f", the first {n_arm64} on aarch64 runtimes under QEMU"
     print(f"\nvalidation of the bundle on {where}:\n{report}")
@@ -161,8 +162,8 @@ def _demo(a: argparse.Namespace) -> int:
     print(f"  latency   {TARGET} on {host['cpu']}, measured ({target.measure.passes} interleaved passes "
           f"of {target.measure.runs} runs, fastest): baseline {b.median_ms:.3f} ms, pruned "
           f"{p.median_ms:.3f} ms ({b.median_ms / p.median_ms:.2f}x faster)")
-    print(f"  budget    {res.budget_ms:.3f} ms: pruned predicted {res.predicted_ms:.3f} ms, measured "
-          f"{p.median_ms:.3f} ms ({p.median_ms / res.budget_ms:.2f}x the budget)")
+    print(f"  budget    {res.budget:.3f} ms: pruned predicted {res.predicted_cost:.3f} ms, measured "
+          f"{p.median_ms:.3f} ms ({p.median_ms / res.budget:.2f}x the budget)")
     print(f"  accuracy  top-1 on {len(test):,} {a.data} images: {100 * acc.top1:.2f}% -> "
           f"{100 * pacc.top1:.2f}% ({100 * pacc.agreement:.2f}% agree with the baseline); no labels "
           "were used in pruning and nothing was fine-tuned")

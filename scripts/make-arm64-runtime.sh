@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build an emulated aarch64 Python runtime for `edgeprune.validate.arm64` (issue 5, item 7).
+# Build an emulated aarch64 Python runtime for `edgeprune.runtimes.arm64` (issue 5, item 7).
 #
 # Rootless, no binfmt, nothing under /etc changes. Into a cache directory it puts:
 #   qemu/qemu-aarch64   QEMU 10 user mode, from Debian bookworm-backports `qemu-user`

@@ -28,8 +28,10 @@ def names() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def open_session(path: str | os.PathLike, *, runtime: str | None = None, threads: int = 1) -> Session:
-    """Load ``path`` on ``runtime`` (default: by suffix, .tflite -> litert, .onnx -> onnxruntime)."""
+def open_session(path: str | os.PathLike, *, runtime: str | None = None, threads: int = 1,
+                 delegate: str | None = None) -> Session:
+    """Load ``path`` on ``runtime`` (default: by suffix, .tflite -> litert, .onnx -> onnxruntime)
+    with ``delegate`` (a target's; default: the runtime's own, XNNPACK for LiteRT)."""
     path = Path(path)
     if runtime is None:
         runtime = {".tflite": "litert", ".onnx": "onnxruntime"}.get(path.suffix)
@@ -39,7 +41,9 @@ def open_session(path: str | os.PathLike, *, runtime: str | None = None, threads
         raise ConfigError(f"unknown runtime {runtime!r}; known: {', '.join(names())}")
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads={threads!r} is invalid; need a positive integer")
-    return _ADAPTERS[runtime](path, threads=threads)
+    if delegate is None:
+        return _ADAPTERS[runtime](path, threads=threads)
+    return _ADAPTERS[runtime](path, threads=threads, delegate=delegate)
 
 
 def _register_builtin() -> None:

@@ -13,17 +13,23 @@ from edgeprune.runtimes.base import Session
 class LiteRTSession(Session):
     runtime = "litert"
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, delegate: str = "xnnpack") -> None:
         try:
             import ai_edge_litert
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError as e:
             raise MissingDependencyError("ai-edge-litert is not installed; pip install edgeprune") from e
         self.runtime_version = getattr(ai_edge_litert, "__version__", "unknown")
         self.threads = threads
+        self.delegate = delegate
         self.path = path
+        resolver = {"xnnpack": OpResolverType.AUTO,  # XNNPACK is LiteRT's default delegate
+                    "none": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}.get(delegate)
+        if resolver is None:
+            raise RuntimeAdapterError(f"LiteRT delegate {delegate!r} is not one of 'xnnpack', 'none'")
         try:
-            self._interp = Interpreter(model_path=str(path), num_threads=threads)
+            self._interp = Interpreter(model_path=str(path), num_threads=threads,
+                                       experimental_op_resolver_type=resolver)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise RuntimeAdapterError(f"LiteRT cannot load {str(path)!r}: {e}") from e
@@ -77,5 +83,5 @@ class LiteRTSession(Session):
         return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def open_litert(path: Path, *, threads: int = 1) -> LiteRTSession:
-    return LiteRTSession(path, threads=threads)
+def open_litert(path: Path, *, threads: int = 1, delegate: str = "xnnpack") -> LiteRTSession:
+    return LiteRTSession(path, threads=threads, delegate=delegate)

@@ -13,13 +13,17 @@ from edgeprune.runtimes.base import Session
 class OnnxRuntimeSession(Session):
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int, batch: int = 1) -> None:
+    def __init__(self, path: Path, *, threads: int, delegate: str = "cpu") -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise MissingDependencyError("onnxruntime is not installed; pip install edgeprune") from e
         self.runtime_version = ort.__version__
+        if delegate != "cpu":
+            raise RuntimeAdapterError(f"ONNX Runtime delegate {delegate!r} is not 'cpu' (the only "
+                                      "execution provider edgeprune measures)")
         self.threads = threads
+        self.delegate = delegate
         self.path = path
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -58,5 +62,5 @@ class OnnxRuntimeSession(Session):
         return np.asarray(y, dtype=np.float32)
 
 
-def open_onnxruntime(path: Path, *, threads: int = 1) -> OnnxRuntimeSession:
-    return OnnxRuntimeSession(path, threads=threads)
+def open_onnxruntime(path: Path, *, threads: int = 1, delegate: str = "cpu") -> OnnxRuntimeSession:
+    return OnnxRuntimeSession(path, threads=threads, delegate=delegate)

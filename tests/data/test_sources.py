@@ -8,6 +8,7 @@ from PIL import Image
 from edgeprune import data
 from edgeprune.data import shapes
 from edgeprune.errors import DataError
+from tests.nets import write_cifar10
 
 # ---- shapes ------------------------------------------------------------------------------
 
@@ -164,21 +165,8 @@ def test_pickled_object_npy_is_refused(tmp_path):
 
 # ---- CIFAR-10 python format -------------------------------------------------------------------
 
-def _write_cifar(folder, per_batch=4):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-             b"labels": rng.integers(0, 10, per_batch).tolist(), b"batch_label": name.encode()}
-        with open(folder / name, "wb") as f:
-            pickle.dump(d, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
-    return folder
-
-
 def test_cifar10_directory(tmp_path):
-    root = _write_cifar(tmp_path / "cifar-10-batches-py")
+    root = write_cifar10(tmp_path / "cifar-10-batches-py")
     tr = data.open(str(root), labels=True)
     te = data.open(f"{root}:test", labels=True)
     assert len(tr) == 20 and len(te) == 4

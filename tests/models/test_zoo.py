@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edgeprune import zoo
+from edgeprune import models
 from edgeprune.errors import EdgepruneError, ModelNotFoundError
 
 EXPECTED_PARAMS = {  # exact counts of this zoo's definitions
@@ -13,12 +13,12 @@ EXPECTED_PARAMS = {  # exact counts of this zoo's definitions
 
 
 def test_names_lists_every_model():
-    assert zoo.names() == sorted(EXPECTED_PARAMS)
+    assert models.names() == sorted(EXPECTED_PARAMS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_shapes_and_parameter_counts(name):
-    m = zoo.create(name, num_classes=7).eval()
+    m = models.create(name, num_classes=7).eval()
     with torch.no_grad():
         out = m(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 7)
@@ -34,19 +34,19 @@ def _head_in(name):
 
 def test_paper_sizes():
     # the reference sizes: resnet20 ~0.27M, resnet56 ~0.86M parameters
-    count = {n: sum(p.numel() for p in zoo.create(n).parameters()) for n in ("resnet20", "resnet56")}
+    count = {n: sum(p.numel() for p in models.create(n).parameters()) for n in ("resnet20", "resnet56")}
     assert abs(count["resnet20"] - 0.27e6) < 0.01e6
     assert abs(count["resnet56"] - 0.86e6) < 0.01e6
 
 
 def test_in_channels():
-    m = zoo.create("resnet20", in_channels=1).eval()
+    m = models.create("resnet20", in_channels=1).eval()
     assert m(torch.randn(1, 1, 32, 32)).shape == (1, 10)
 
 
 def test_unknown_name_lists_known_names():
     with pytest.raises(ModelNotFoundError) as e:
-        zoo.create("resnet21")
+        models.create("resnet21")
     msg = str(e.value)
     assert "resnet21" in msg and "resnet20" in msg and "vgg_small" in msg
     assert isinstance(e.value, EdgepruneError)
@@ -54,14 +54,14 @@ def test_unknown_name_lists_known_names():
 
 def test_bad_num_classes():
     with pytest.raises(EdgepruneError, match="num_classes=1"):
-        zoo.create("resnet20", num_classes=1)
+        models.create("resnet20", num_classes=1)
 
 
 def test_create_records_architecture():
-    m = zoo.create("resnet56", num_classes=4)
+    m = models.create("resnet56", num_classes=4)
     assert m.edgeprune_arch == {"name": "resnet56", "kwargs": {"num_classes": 4, "in_channels": 3}}
 
 
 def test_register_refuses_duplicates():
     with pytest.raises(EdgepruneError, match="already registered"):
-        zoo.register("resnet20")(lambda **kw: None)
+        models.register("resnet20")(lambda **kw: None)

@@ -2,20 +2,20 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune import export, runtimes
+from edgeprune import convert, runtimes
 from edgeprune.errors import ConfigError, RuntimeAdapterError
 from edgeprune.runtimes.base import time_session
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from tests.conftest import TinyNet, randomize_bn
+    from tests.nets import TinyNet, randomize_bn
 
     torch.manual_seed(0)
     m = randomize_bn(TinyNet())
     d = tmp_path_factory.mktemp("rt")
     x = torch.zeros(1, 3, 16, 16)
-    return export.to_onnx(m, d / "t.onnx", x), export.to_tflite(m, d / "t.tflite", x)
+    return convert.to_onnx(m, d / "t.onnx", x), convert.to_tflite(m, d / "t.tflite", x)
 
 
 def test_registry():

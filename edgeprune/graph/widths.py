@@ -1,0 +1,55 @@
+"""Every conv/linear's (c_in, c_out) as a function of channel-group widths: what a latency
+profile prices (a layer holding a share of a group, such as one branch of a concatenation, is
+priced at that share of the group's width)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from edgeprune.graph.groups import GroupStructure
+
+
+class WidthMap:
+    """Every conv/linear's (c_in, c_out) as a function of group widths: ``wm({g: width})``
+    (groups not named keep their width; layers in no group keep theirs). Built once per
+    model, so a selection loop can price thousands of candidate widths cheaply."""
+
+    def __init__(self, model: nn.Module, groups: list[GroupStructure]) -> None:
+        self.base: dict[str, tuple[int, int]] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                self.base[name] = (m.in_channels, m.out_channels)
+            elif isinstance(m, nn.Linear):
+                self.base[name] = (m.in_features, m.out_features)
+        modules = dict(model.named_modules())
+        # per group: (layer path, side 0=in 1=out, share, depthwise)
+        self.effects: dict[str, list[tuple[str, int, float, bool]]] = {}
+        for g in groups:
+            eff = []
+            for path, share in g.outs:
+                m = modules[path]
+                dw = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+                eff.append((path, 1, share, dw))
+            eff += [(path, 0, share, False) for path, share in g.ins]
+            self.effects[g.name] = eff
+
+    def __call__(self, group_widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        widths = dict(self.base)
+        for gname, w in group_widths.items():
+            for path, side, share, dw in self.effects[gname]:
+                n = max(1, round(int(w) * share))
+                ci, co = widths[path]
+                if side == 1:
+                    widths[path] = (n, n) if dw else (ci, n)  # depthwise: in and out move together
+                else:
+                    widths[path] = (n, co)
+        return widths
+
+
+def layer_widths(model: nn.Module, groups: list[GroupStructure],
+                 group_widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """(c_in, c_out) of every conv/linear when each group ``g`` has ``group_widths[g]``
+    channels (groups not named keep their width; layers in no group keep theirs)."""
+    return WidthMap(model, groups)(group_widths)

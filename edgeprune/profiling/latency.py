@@ -1,0 +1,556 @@
+"""Latency profiles: per-layer tables measured on a target's runtime, plus a measured remainder.
+
+Prediction for a model (any pruned variant of the profiled architecture):
+
+    predicted_ms = layer_scale * (sum over layers of table[signature].lookup(c_in, c_out))
+                   + remainder_intercept_ms
+
+Layer points are single-layer models converted with edgeprune's own converters and timed on
+the target's runtime, minus the runtime's per-invoke overhead (timed on a one-op model).
+``layer_scale`` and ``remainder_intercept_ms`` are fitted by least squares to end-to-end
+measurements of the full model and of uniformly thinned copies. The scale is how much slower
+(or faster) layers run inside the network than alone: alone, a layer's weights and input stay
+hot in cache between runs, and on ONNX Runtime an isolated layer also pays the layout
+reorders that a network pays once. The intercept is what the tables do not hold and does not
+scale with the layers: the whole model's invoke overhead, pooling, the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune._io import write_json
+from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.graph.layers import LayerUnit, layer_units
+from edgeprune.profiling.measurement import _SUFFIX, check_measurable, convert_for, time_artifacts
+from edgeprune.profiling.table import LayerTable, axis_grid
+from edgeprune.targets import Target, load_target
+from edgeprune.types import Progress
+
+SCHEMA_VERSION = 2  # 2: layer_scale replaced the per-activation-element remainder slope
+FORMAT = "edgeprune-latency-profile"
+CALIBRATION_KEEP = (1.0, 0.6, 0.3)
+
+
+def host_identity() -> dict[str, Any]:
+    """This machine as a profile records it: CPU model, cores, architecture, OS, hostname."""
+    return dict(_host_identity())
+
+
+@functools.lru_cache(maxsize=1)
+def _host_identity() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "hostname": platform.node()}
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "litert":
+        import ai_edge_litert
+
+        return str(getattr(ai_edge_litert, "__version__", "unknown"))
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return "n/a"
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    target: Target
+    runtime_version: str
+    host: dict[str, Any]
+    architecture: str | None
+    input_shape: tuple[int, int, int]
+    tables: dict[str, LayerTable]
+    layers: dict[str, str]  # module path -> signature, for the profiled architecture
+    overhead_ms: float
+    remainder_intercept_ms: float
+    layer_scale: float
+    calibration: tuple[dict[str, float], ...] = ()
+    build_s: float = 0.0
+    created: str = ""
+    edgeprune_version: str = ""
+    source: str = "measured"  # "measured" or "estimate"
+
+    # ---- prediction ---------------------------------------------------------------------
+
+    def units(self, model: nn.Module) -> list[LayerUnit]:
+        units = layer_units(model, self.input_shape)
+        paths = {u.path for u in units}
+        if paths != set(self.layers):
+            extra, missing = sorted(paths - set(self.layers)), sorted(set(self.layers) - paths)
+            raise ProfileError(
+                f"model does not match the profiled architecture {self.architecture!r}: layers "
+                f"not in the profile {extra[:3]}, profiled layers missing {missing[:3]}; "
+                "profile this architecture"
+            )
+        for u in units:
+            if u.signature != self.layers[u.path]:
+                raise ProfileError(f"layer {u.path!r} has signature {u.signature!r} but the profile "
+                                   f"measured {self.layers[u.path]!r}; profile this architecture")
+        return units
+
+    def layer_ms(self, unit: LayerUnit, c_in: int | None = None, c_out: int | None = None) -> float:
+        """Table latency of ``unit`` at widths (c_in, c_out) (default: the unit's own)."""
+        table = self.tables.get(unit.signature)
+        if table is None:
+            raise ProfileError(f"no table for layer {unit.path!r} ({unit.signature})")
+        return table.lookup(unit.c_in if c_in is None else c_in, unit.c_out if c_out is None else c_out)
+
+    def predict_units(self, units: Sequence[LayerUnit],
+                      widths: dict[str, tuple[int, int]] | None = None) -> float:
+        """Predicted latency for layer units, optionally at other widths {path: (c_in, c_out)}."""
+        widths = widths or {}
+        total = sum(self.layer_ms(u, *widths.get(u.path, (u.c_in, u.c_out))) for u in units)
+        return self.layer_scale * total + self.remainder_intercept_ms
+
+    def predict_ms(self, model: nn.Module) -> float:
+        """Predicted latency of ``model`` (widths read from its layers) on the target."""
+        return self.predict_units(self.units(model))
+
+    def breakdown(self, model: nn.Module) -> dict[str, float]:
+        """Each layer's share of the prediction (its table latency times ``layer_scale``) and
+        the intercept as ``"(remainder)"`` (it can be negative: see the module docstring)."""
+        out = {u.path: self.layer_scale * self.layer_ms(u) for u in self.units(model)}
+        out["(remainder)"] = self.remainder_intercept_ms
+        return out
+
+    def __str__(self) -> str:
+        lines = [f"latency profile: {self.architecture} on {self.target.name} "
+                 f"({self.target.runtime} {self.runtime_version}, {self.target.threads} thread(s), "
+                 f"{self.source})",
+                 f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s",
+                 f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
+                 f"points, invoke overhead {self.overhead_ms:.4f} ms",
+                 f"  layers x {self.layer_scale:.4f} in the network, remainder "
+                 f"{self.remainder_intercept_ms:+.4f} ms"]
+        for c in self.calibration:
+            lines.append(f"  calibration keep {c['keep']:.2f}: measured {c['measured_ms']:.3f} ms, "
+                         f"predicted {c['predicted_ms']:.3f} ms")
+        return "\n".join(lines)
+
+    # ---- files --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "target": self.target.to_dict(),
+            "runtime": self.target.runtime,
+            "runtime_version": self.runtime_version,
+            "host": self.host,
+            "created": self.created,
+            "edgeprune_version": self.edgeprune_version,
+            "protocol": {"warmup": self.target.measure.warmup, "runs": self.target.measure.runs,
+                         "passes": self.target.measure.passes,
+                         "statistic": "median of the fastest pass", "threads": self.target.threads},
+            "architecture": self.architecture,
+            "input_shape": list(self.input_shape),
+            "build_s": round(self.build_s, 2),
+            "overhead_ms": self.overhead_ms,
+            "remainder": {"intercept_ms": self.remainder_intercept_ms,
+                          "layer_scale": self.layer_scale},
+            "calibration": list(self.calibration),
+            "layers": self.layers,
+            "tables": {s: t.to_dict() for s, t in sorted(self.tables.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "profile") -> LatencyProfile:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ProfileError(f"{where} is not an edgeprune latency profile (format "
+                               f"{d.get('format') if isinstance(d, dict) else None!r})")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ProfileError(f"{where} has schema_version {d.get('schema_version')!r}; this "
+                               f"edgeprune reads {SCHEMA_VERSION}; re-profile with this version")
+        if d.get("source") not in ("measured", "estimate"):
+            raise ProfileError(f"{where}: source {d.get('source')!r} must be 'measured' or 'estimate'")
+        try:
+            # profiles written before the target's unused [tolerance] table was removed carry it
+            target = Target.from_dict({k: v for k, v in d["target"].items() if k != "tolerance"})
+            tables = {s: LayerTable.from_dict(s, t) for s, t in d["tables"].items()}
+            layers = {str(k): str(v) for k, v in d["layers"].items()}
+            missing = sorted(set(layers.values()) - set(tables))
+            if missing:
+                raise ProfileError(f"{where}: layers refer to tables it lacks: {missing[:3]}")
+            return cls(
+                target=target, runtime_version=str(d["runtime_version"]), host=dict(d["host"]),
+                architecture=d.get("architecture"),
+                input_shape=tuple(int(v) for v in d["input_shape"]), tables=tables, layers=layers,
+                overhead_ms=float(d["overhead_ms"]),
+                remainder_intercept_ms=float(d["remainder"]["intercept_ms"]),
+                layer_scale=float(d["remainder"]["layer_scale"]),
+                calibration=tuple(dict(c) for c in d.get("calibration", ())),
+                build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
+                edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
+            )
+        except ProfileError:
+            raise
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ProfileError(f"{where} is malformed: {type(e).__name__}: {e}") from e
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, self.to_dict())
+
+    def check_host(self, *, where: str = "the profile") -> None:
+        """Raise :class:`ProfileError` unless this profile can describe this machine.
+
+        A measured profile of a local (``host-*``) target describes only the machine that
+        measured it: its CPU model and its runtime version must be this host's. Profiles of
+        device targets (measured on the device) and estimates are not tied to this host."""
+        if not (self.target.is_local and self.source == "measured" and not self.target.is_analytical):
+            return
+        here = host_identity()
+        fix = (f"re-profile on this machine (edgeprune profile --target {self.target.name} --model "
+               "MODEL --out FILE), or give no profile and one is measured now")
+        if (self.host.get("cpu"), self.host.get("machine")) != (here["cpu"], here["machine"]):
+            raise ProfileError(
+                f"{where} was measured on {self.host.get('cpu')!r} ({self.host.get('machine')}) but "
+                f"this host is {here['cpu']!r} ({here['machine']}); a {self.target.name} profile "
+                f"describes only the machine that measured it; {fix}")
+        have = runtime_version(self.target.runtime)
+        if have != self.runtime_version:
+            raise ProfileError(f"{where} was measured with {self.target.runtime} "
+                               f"{self.runtime_version}, but {have} is installed; {fix}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, target: str | Target | None = None,
+             check_host: bool = True) -> LatencyProfile:
+        """Read a profile file. With ``target``, refuse a profile of another target; with
+        ``check_host`` (default), refuse a local target's profile measured on another machine
+        or with another runtime version (see :meth:`check_host`). ``check_host=False`` reads
+        any profile as a record, e.g. to compare machines; never predict with one."""
+        p = Path(path)
+        if not p.is_file():
+            raise ProfileError(f"profile {str(p)!r} does not exist")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ProfileError(f"profile {str(p)!r} is not valid JSON: {e}") from e
+        prof = cls.from_dict(d, where=f"profile {str(p)!r}")
+        if target is not None:
+            t = load_target(target)
+            if t.name != prof.target.name:
+                raise ProfileError(f"profile {str(p)!r} was measured for target {prof.target.name!r}, "
+                                   f"not {t.name!r}")
+        if check_host:
+            prof.check_host(where=f"profile {str(p)!r}")
+        return prof
+
+
+def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
+                   ) -> dict[str, tuple[LayerUnit, tuple[int, ...], tuple[int, ...]]]:
+    by_sig: dict[str, list[LayerUnit]] = defaultdict(list)
+    for u in units:
+        by_sig[u.signature].append(u)
+    plan = {}
+    for sig, us in by_sig.items():
+        # a linear head's c_in is flattened features; its cost is linear in them, so the
+        # thinned grid with interpolation covers any channel count
+        c_in = axis_grid([u.c_in for u in us if not u.fixed_in], [u.c_in for u in us if u.fixed_in],
+                         round_to=round_to, max_points=max_points)
+        if us[0].kind == "dwconv":
+            c_out: tuple[int, ...] = (0,)
+        else:
+            c_out = axis_grid([u.c_out for u in us if not u.fixed_out],
+                              [u.c_out for u in us if u.fixed_out], round_to=round_to,
+                              max_points=max_points)
+        plan[sig] = (us[0], c_in, c_out)
+    return plan
+
+
+def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, int, int] | None = None,
+            max_points: int = 8, cache: LatencyProfile | None = None, workers: int | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
+    """Measure a latency profile of ``model``'s architecture on ``target`` (model unchanged).
+
+    ``max_points`` caps the grid points per width axis (ends always measured; bilinear
+    interpolation between). ``cache``: an earlier profile of the same target, runtime version
+    and host whose measured points are reused, so re-profiling is incremental. ``workers``:
+    processes converting single-layer models (default: 2 for LiteRT, whose converter is
+    slow, else 1); timing is always sequential.
+    """
+    from edgeprune._version import __version__
+    from edgeprune.graph import group_structure, shrink_to_widths
+
+    t = load_target(target)
+    check_measurable(t)
+    if max_points < 2:
+        raise ConfigError(f"max_points={max_points} is invalid; need at least 2 (both ends)")
+    if workers is None:  # litert-torch takes ~1.5 s per layer; the ONNX tracer ~0.05 s
+        workers = min(2, os.cpu_count() or 1) if t.runtime == "litert" else 1
+    if workers < 1:
+        raise ConfigError(f"workers={workers} is invalid; need at least 1")
+    shape = tuple(input_shape or _input_shape(model))
+    if len(shape) != 3:
+        raise ConfigError(f"input_shape {shape} is invalid; give (C, H, W)")
+    t0 = time.perf_counter()
+    version = runtime_version(t.runtime)
+    host = host_identity()
+    cached = _cache_points(cache, t, version, host)
+    units = layer_units(model, shape)  # the caller's model is only read
+    plan = _points_needed(units, t.round_to, max_points)
+    todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
+            for ci in c_in for co in c_out if (sig, ci, co) not in cached]
+    passes = t.measure.passes
+    n_calib = len(CALIBRATION_KEEP)
+    total = 1 + len(todo) + passes * (1 + len(todo)) + n_calib * (1 + passes)
+    step = 0
+
+    def tick(what: str) -> None:
+        nonlocal step
+        step += 1
+        if on_progress is not None:
+            on_progress(Progress("profile", step, total, {"measuring": what}))
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as d:
+        suffix = _SUFFIX[t.runtime]
+        # the runtime's per-invoke overhead: a model of one tiny op (a 1x1 conv on a 2x2 map)
+        probe = Path(d) / f"overhead{suffix}"
+        convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
+        tick("convert invoke-overhead probe")
+
+        # convert every missing point first (in parallel), then time them all in interleaved
+        # passes, so no conversion runs beside a timed run and drift hits all points alike
+        paths = _convert_points(todo, t, Path(d), workers, lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
+        keys = list(paths)
+        stats = time_artifacts([probe, *(paths[k] for k in keys)], t,
+                               on_pass=lambda i, n: tick(f"timing {i}/{n}"))
+        overhead = stats[0].median_ms
+        points = dict(cached)
+        points.update({k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)})
+        tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
+                                  tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
+                  for sig, (unit, c_in, c_out) in plan.items()}
+
+        partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
+                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0)
+        # scale and intercept: end-to-end measurements of the full model and thinned copies
+        example = torch.zeros(1, *shape)
+        groups = group_structure(model, example)
+        variants, calib_paths = [], []
+        for i, keep in enumerate(CALIBRATION_KEEP):
+            variant = model
+            if keep < 1.0:
+                widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
+                variant = shrink_to_widths(model, example, widths)
+            variants.append(variant)
+            calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
+            tick(f"convert end-to-end keep {keep}")
+        calib_stats = time_artifacts(calib_paths, t, on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        calib = []
+        for keep, variant, st in zip(CALIBRATION_KEEP, variants, calib_stats, strict=True):
+            vu = layer_units(variant, shape)
+            calib.append({"keep": keep, "measured_ms": st.median_ms,
+                          "pass_medians_ms": list(st.pass_medians_ms),
+                          "layers_ms": sum(partial.layer_ms(u) for u in vu)})
+    intercept, scale = _fit_remainder(calib)
+    for c in calib:
+        c["predicted_ms"] = scale * c["layers_ms"] + intercept
+    return LatencyProfile(
+        t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
+        intercept, scale, tuple(calib), time.perf_counter() - t0,
+        datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
+    )
+
+
+def layer_model(unit: LayerUnit, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
+    """A single-layer model with ``unit``'s geometry at widths (c_in, c_out), and its input."""
+    if unit.kind == "linear":  # fed as a 1x1 map, flattened, as a classifier head sees it
+        return nn.Sequential(nn.Flatten(), nn.Linear(c_in, c_out)).eval(), torch.zeros(1, c_in, 1, 1)
+    groups = 1
+    if unit.kind == "dwconv":
+        c_out, groups = c_in, c_in
+    m = nn.Sequential(
+        nn.Conv2d(c_in, c_out, unit.kernel, unit.stride, unit.padding, unit.dilation,
+                  groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ).eval()
+    return m, torch.zeros(1, c_in, *unit.in_hw)
+
+
+def _convert_point(unit: LayerUnit, c_in: int, c_out: int, target: Target,
+                   path: str | os.PathLike) -> Path:
+    m, x = layer_model(unit, c_in, c_out if unit.kind != "dwconv" else c_in)
+    return convert_for(m, target, path, x, fast=True)
+
+
+def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target, d: Path,
+                    workers: int, done: Callable[[tuple[str, int, int]], None]
+                    ) -> dict[tuple[str, int, int], Path]:
+    """Convert every grid point to ``d``. With ``workers`` > 1, in that many worker processes
+    started as ``python -m edgeprune.profiling._convert_worker`` (not a multiprocessing pool,
+    which would re-import the caller's ``__main__``); their output is captured and shown
+    only when one fails."""
+    suffix = _SUFFIX[target.runtime]
+    jobs = {(sig, ci, co): (unit, ci, co, d / f"point{i}{suffix}")
+            for i, (sig, unit, ci, co) in enumerate(todo)}
+    if workers == 1 or len(jobs) < 4:
+        for k, (unit, ci, co, path) in jobs.items():
+            _convert_point(unit, ci, co, target, path)
+            done(k)
+        return {k: v[3] for k, v in jobs.items()}
+    keys = list(jobs)
+    chunks = [keys[i::workers] for i in range(workers)]  # round robin: each gets every kind
+    procs = []
+    for i, chunk in enumerate(chunks):
+        spec = {"target": target.to_dict(),
+                "jobs": [{"key": list(k), "unit": dataclasses.asdict(jobs[k][0]), "c_in": k[1],
+                          "c_out": k[2], "path": str(jobs[k][3])} for k in chunk]}
+        err = (d / f"worker{i}.log").open("w+")
+        proc = subprocess.Popen([sys.executable, "-m", "edgeprune.profiling._convert_worker"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=_worker_env())
+        proc.stdin.write(json.dumps(spec))  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        procs.append((proc, err))
+    finished: queue.Queue = queue.Queue()
+
+    def read(proc: subprocess.Popen) -> None:
+        try:  # lines other than the worker's own (a converter's progress) are ignored
+            with proc.stdout:  # type: ignore[union-attr]
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    if line.startswith(_DONE):
+                        finished.put(tuple(json.loads(line[len(_DONE):])))
+        finally:
+            finished.put(None)
+
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p, _ in procs]
+    for r in readers:
+        r.start()
+    open_readers = len(readers)
+    while open_readers:
+        k = finished.get()
+        if k is None:
+            open_readers -= 1
+        else:
+            done(k)
+    failures = []
+    for proc, err in procs:
+        if proc.wait() != 0:
+            err.seek(0)
+            tail = [ln for ln in err.read().splitlines() if ln.strip()][-3:]
+            failures.append(f"exit {proc.returncode}: {' | '.join(tail) or 'no output'}")
+        err.close()
+    if failures:
+        raise ProfileError(f"converting single-layer models for {target.name} failed in a worker "
+                           f"process ({'; '.join(failures)})")
+    missing = [k for k in keys if not jobs[k][3].is_file()]
+    if missing:
+        raise ProfileError(f"converter workers exited cleanly but wrote no file for {missing[:3]}")
+    return {k: v[3] for k, v in jobs.items()}
+
+
+_DONE = "edgeprune-converted "  # the worker's line for a finished job: this, then its key as JSON
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment, with edgeprune importable (also from a source checkout) and
+    the converters' C++ logging at errors only (the worker's output is shown on failure)."""
+    import edgeprune
+
+    env = dict(os.environ)
+    root = str(Path(edgeprune.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
+    """Least squares of measured = intercept + scale x layer tables over the end-to-end
+    calibrations. A scale <= 0 (only a broken measurement gives one) would predict that
+    wider layers are free or faster; then the scale is 1 and the intercept the mean gap."""
+    a = np.array([[1.0, c["layers_ms"]] for c in calib])
+    b = np.array([c["measured_ms"] for c in calib])
+    (intercept, scale), *_ = np.linalg.lstsq(a, b, rcond=None)
+    if not scale > 0:
+        scale = 1.0
+        intercept = float(np.mean(b - a[:, 1]))
+    return float(intercept), float(scale)
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm at PyTorch's default (gamma 1, beta 0).
+
+    Latency depends on structure, not weight values, with one exception: converters fold
+    BatchNorm into the conv and delete work that is provably zero. A model with zero-gamma
+    BatchNorms (zero-initialised residual branches, gates driven to zero) loses those
+    branches from its converted graph and looks faster than it is. Measure trained models,
+    or this copy.
+    """
+    import copy
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d) and mod.affine:
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+    return m
+
+
+def _round_width(w: float, round_to: int, full: int) -> int:
+    return int(min(full, max(round_to, round_to * round(w / round_to))))
+
+
+def _cache_points(cache: LatencyProfile | None, t: Target, version: str,
+                  host: dict[str, Any]) -> dict[tuple[str, int, int], float]:
+    if cache is None:
+        return {}
+    same = (cache.target.name == t.name and cache.target.threads == t.threads
+            and cache.runtime_version == version and cache.host.get("cpu") == host.get("cpu")
+            and cache.source == "measured")
+    if not same:
+        raise ProfileError(
+            f"cache profile is for {cache.target.name} / {cache.target.runtime} "
+            f"{cache.runtime_version} on {cache.host.get('cpu')!r}; it cannot seed a profile of "
+            f"{t.name} / {version} on {host.get('cpu')!r}"
+        )
+    return {(s, ci, co): tab.latency_ms[i][j] for s, tab in cache.tables.items()
+            for i, ci in enumerate(tab.c_in) for j, co in enumerate(tab.c_out)}
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is None:
+        raise ConfigError("model has no input spec; pass input_shape=(C, H, W)")
+    return spec.input.shape
+
+
+def _arch_name(model: nn.Module) -> str | None:
+    spec = getattr(model, "edgeprune_spec", None)
+    if spec is not None:
+        return spec.architecture
+    arch = getattr(model, "edgeprune_arch", None)
+    return arch.get("name") if isinstance(arch, dict) else type(model).__name__

@@ -1,0 +1,114 @@
+"""``PruneConfig``: every knob of the pruner, frozen and validated (METHOD.md names them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edgeprune._config import config_from_dict, config_to_dict
+from edgeprune.errors import ConfigError
+
+RAMPS = ("cubic", "exponential", "linear")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Knobs of :func:`edgeprune.prune`.
+
+    Training length is ``steps`` optimiser steps, or ``epochs`` passes over the data when
+    ``steps`` is None. The budget ramps from the baseline to the budget over the first
+    ``ramp_end`` of the steps; the expected-sparse set is re-chosen every ``update_interval``
+    steps until ``select_until`` of the steps (after that it is frozen, so ISTA can finish
+    zeroing it). ``round_to`` / ``min_width`` default to the target's ``round_to``.
+    """
+
+    students: int = 2
+    epochs: int = 5
+    steps: int | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    tau: float = 4.0
+    lambda_kd: float = 1.0
+    lambda_feat: float = 1000.0
+    lambda_ml: float = 1.0
+    feature_points: tuple[str, ...] | None = None  # module paths; None: stage outputs
+    update_interval: int = 25
+    ema: float = 0.9
+    ramp: str = "cubic"
+    ramp_end: float = 0.6
+    select_until: float = 0.9
+    lambda_growth: float = 1.5
+    round_to: int | None = None
+    min_width: int | None = None
+    heldout_batches: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    # ablation switches
+    feature_loss: bool = True
+    mutual_learning: bool = True
+    latency_weighting: bool = True
+    dynamic_set: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, need: str) -> ConfigError:
+            return ConfigError(f"PruneConfig.{name}={getattr(self, name)!r} is invalid; need {need}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("students", "epochs", "update_interval"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if self.steps is not None and (not is_int(self.steps) or self.steps < 1):
+            raise bad("steps", "None or an integer >= 1")
+        for name in ("round_to", "min_width"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v < 1):
+                raise bad(name, "None (the target's round_to) or an integer >= 1")
+        if not is_int(self.heldout_batches) or self.heldout_batches < 1:
+            raise bad("heldout_batches", "an integer >= 1")
+        if not is_int(self.seed):
+            raise bad("seed", "an integer")
+        for name in ("lr", "tau", "lambda_growth"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise bad(name, "a finite number > 0")
+        if self.lambda_growth <= 1:
+            raise bad("lambda_growth", "a number > 1")
+        for name in ("momentum", "weight_decay", "lambda_kd", "lambda_feat", "lambda_ml"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad(name, "a finite number >= 0")
+        if not 0 <= self.ema < 1:
+            raise bad("ema", "0 <= ema < 1")
+        if self.ramp not in RAMPS:
+            raise bad("ramp", f"one of {RAMPS}")
+        if not 0 < self.ramp_end <= self.select_until <= 1:
+            raise ConfigError(f"PruneConfig ramp_end={self.ramp_end}, select_until={self.select_until} "
+                              "are invalid; need 0 < ramp_end <= select_until <= 1")
+        if self.feature_points is not None:
+            fp = self.feature_points
+            if isinstance(fp, str) or not all(isinstance(p, str) and p for p in fp):
+                raise bad("feature_points", "None or a sequence of module paths")
+            object.__setattr__(self, "feature_points", tuple(fp))
+        for name in ("feature_loss", "mutual_learning", "latency_weighting", "dynamic_set"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        if not isinstance(self.device, str) or not self.device:
+            raise bad("device", "a torch device string such as 'cpu' or 'cuda'")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneConfig:
+        return config_from_dict(cls, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = config_to_dict(self)
+        if d["feature_points"] is not None:
+            d["feature_points"] = list(d["feature_points"])
+        return d
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        return dataclasses.replace(self, **changes)

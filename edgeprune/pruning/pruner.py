@@ -1,0 +1,512 @@
+"""The label-free multi-student pruner of METHOD.md, toward a latency (or MACs) budget.
+
+A frozen teacher (the caller's model) supervises N student copies through its predictions
+(KD) and attention maps of intermediate features (AT); the students also learn from each
+other (mutual learning). Each step, after the optimiser step on that smooth loss, a group
+soft-threshold (the ISTA proximal step) shrinks the gates of the channels in each student's
+expected-sparse set E_t. E_t is re-chosen every ``update_interval`` steps: the keep-set that
+maximises latency-weighted Taylor sensitivity under the ramped budget B_t. At the end the
+best student (lowest KL to the teacher on held-out batches) has every channel of E_t
+exactly zero; those channels are physically removed, which is lossless. Nothing is
+fine-tuned afterwards and no label is read.
+
+Deviations from METHOD.md, and why:
+- Student views: identical copies of the teacher fed identical batches get identical
+  gradients, so mutual learning would be a no-op and the students would never differ.
+  Student k >= 1 therefore sees its own random shift (reflect-padded crop, up to 2 pixels) of
+  each batch; the teacher is run on every view. Mutual learning then asks the students to
+  agree across views of the same images (a consistency term, in the spirit of DML).
+- The set E_t chosen at a check is priced against the budget of the *next* check, so ISTA has
+  one interval to zero it before the ramp gets there.
+- lambda_s starts at (median gate norm) / (lr * update_interval), so a median gate would be
+  thresholded to zero within one interval if the gradient did not push back, and grows by
+  ``lambda_growth`` at every check where a student's exactly-zero channels do not yet meet
+  the ramped budget. After the ramp it is also raised, if needed, so that the thresholds
+  still to come (the cosine learning rate decays to zero) add up to twice the largest gate
+  norm left in E_t: E_t reaches zero by shrinkage rather than by the final hard-zeroing.
+- E_t is frozen after ``select_until`` of training so that the last entrants reach exact
+  zero by shrinkage, not by the final hard-zeroing (whose largest norm is reported).
+- With ``dynamic_set=False`` E is chosen once, at the first check, against the final budget.
+
+The lifecycle is :class:`Pruner`'s: ``prepare`` (teacher, students, groups, schedules),
+``step`` (one optimiser step on a batch, then ISTA; every ``update_interval`` steps a check
+re-chooses E_t, adapts lambda_s and records history), ``finalize`` (hard-zero E, pick a
+student, remove, verify) -> :class:`PruneResult`. :func:`run` drives it over the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.data import input_of
+from edgeprune.errors import ConfigError, DataError, EdgepruneError
+from edgeprune.graph.groups import GroupStructure, group_structure
+from edgeprune.graph.surgery import PruningStructureError, remove_channels
+from edgeprune.graph.widths import WidthMap
+from edgeprune.pruning.config import PruneConfig
+from edgeprune.pruning.cost import Cost
+from edgeprune.pruning.gates import GroupGates
+from edgeprune.pruning.ista import group_soft_threshold
+from edgeprune.pruning.losses import attention_loss, kd_loss, mutual_loss
+from edgeprune.pruning.result import PruneResult
+from edgeprune.pruning.select import select_channels, width_floor
+from edgeprune.types import Progress
+
+log = logging.getLogger(__name__)
+
+LOSSLESS_TOL = 1e-4  # max abs logit difference allowed between masked and removed models
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def _check_reiterable(data: Iterable) -> None:
+    if iter(data) is data:
+        raise DataError("pruning data is a one-shot iterator; pass something that can be iterated "
+                        "once per epoch (a list of batches, a DataLoader, or a callable's result "
+                        "wrapped in a list)")
+
+
+# ---- features ---------------------------------------------------------------------------
+
+def stage_outputs(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Default feature points: among modules at depth <= 2, the last one to produce each
+    spatial resolution (> 1x1) of 4-D output, in execution order (a ResNet's layer1..3)."""
+    done: list[tuple[str, tuple[int, int]]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if name and name.count(".") <= 1:
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o, name=name: done.append((name, tuple(o.shape[2:])))
+                if isinstance(o, torch.Tensor) and o.dim() == 4 else None))
+    try:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model(example)
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    last: dict[tuple[int, int], str] = {}
+    for name, hw in done:
+        if hw[0] * hw[1] > 1:
+            last.pop(hw, None)  # re-insert: dict order = order of each resolution's last output
+            last[hw] = name
+    return list(last.values())
+
+
+class _Features:
+    """Forward hooks that keep the outputs of the feature points of one model."""
+
+    def __init__(self, model: nn.Module, points: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        missing = [p for p in points if p not in modules]
+        if missing:
+            raise ConfigError(f"feature point(s) {missing} are not modules of the model; give module "
+                              f"paths such as {[n for n, _ in list(model.named_children())[:4]]}")
+        self.out: dict[str, torch.Tensor] = {}
+        self.points = list(points)
+        self.hooks = [modules[p].register_forward_hook(
+            lambda mod, i, o, p=p: self.out.__setitem__(p, o)) for p in points]
+
+    def take(self) -> list[torch.Tensor]:
+        feats = [self.out[p] for p in self.points]
+        self.out = {}
+        return feats
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+# ---- schedules --------------------------------------------------------------------------
+
+def ramp_budget(step: int, ramp_steps: int, start: float, end: float, kind: str) -> float:
+    """B_t: from ``start`` (the baseline) to ``end`` (the budget) over ``ramp_steps``."""
+    f = min(1.0, step / max(1, ramp_steps))
+    if kind == "cubic":  # fast early, gentle near the budget (Zhu & Gupta's gradual pruning)
+        return end + (start - end) * (1 - f) ** 3
+    if kind == "exponential":
+        return start * (end / start) ** f
+    return start + (end - start) * f
+
+
+def _shift_view(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
+    n, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = int(torch.randint(0, 2 * pad + 1, (1,), generator=g))
+    dx = int(torch.randint(0, 2 * pad + 1, (1,), generator=g))
+    return xp[:, :, dy:dy + h, dx:dx + w]
+
+
+# ---- one student ------------------------------------------------------------------------
+
+class _Student:
+    def __init__(self, model: nn.Module, groups: list[GroupStructure], cfg: PruneConfig) -> None:
+        self.model = model
+        self.gates = [GroupGates(model, g) for g in groups]
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        self.sens = [np.zeros(g.width) for g in groups]
+        self.seen = 0
+        self.sparse: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in groups]
+        self.lambda_s = 0.0
+
+    def update_sensitivity(self, rho: float) -> None:
+        for i, gg in enumerate(self.gates):
+            s = gg.taylor()
+            self.sens[i] = s if self.seen == 0 else rho * self.sens[i] + (1 - rho) * s
+        self.seen += 1
+
+    def normalised_sensitivity(self) -> list[np.ndarray]:
+        """Per-group normalisation (mean 1 in each group), so layers of different gradient
+        scale compare (Molchanov et al. normalise per layer)."""
+        return [s / max(float(s.mean()), 1e-30) for s in self.sens]
+
+    @torch.no_grad()
+    def ista(self, threshold: float) -> None:
+        for gg, e in zip(self.gates, self.sparse, strict=True):
+            if len(e):
+                rows = torch.as_tensor(e)
+                gm = gg.matrix()[rows]
+                gg.write(rows, group_soft_threshold(gm, threshold))
+
+    def max_sparse_norm(self) -> float:
+        return max((float(gg.matrix()[torch.as_tensor(e)].norm(dim=1).max())
+                    for gg, e in zip(self.gates, self.sparse, strict=True) if len(e)), default=0.0)
+
+    def zero_counts(self) -> list[int]:
+        return [int((gg.norms() == 0).sum()) for gg in self.gates]
+
+
+# ---- the pruner ------------------------------------------------------------------------
+
+class Pruner:
+    """One pruning run of ``model`` (never modified) toward ``budget`` (in ``cost.unit``) on
+    ``target``. Call :meth:`prepare` once, :meth:`step` per training batch, then
+    :meth:`finalize`. Pure torch: ``cost`` prices layer widths (a latency profile's prediction
+    or MACs); no runtime, no file."""
+
+    def __init__(self, model: nn.Module, *, cost: Cost, budget: float, target: str, round_to: int,
+                 config: PruneConfig = PruneConfig()) -> None:
+        self.model, self.cost, self.budget, self.target = model, cost, float(budget), target
+        self.round_to, self.cfg = round_to, config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={config.device!r} is not available here (no CUDA); use device='cpu'")
+        self.step_count = 0
+        self.history: list[dict[str, Any]] = []
+        self._t_start = time.perf_counter()
+        self._prepared = False
+
+    # ---- prepare ------------------------------------------------------------------------
+
+    def prepare(self, heldout: Sequence[torch.Tensor], total_steps: int, *, world: int = 1) -> None:
+        """Build the teacher, the students and the schedules. ``heldout``: batches never
+        trained on (they pick the best student and check removal); ``world``: data-parallel
+        ranks whose gradients :meth:`step` averages."""
+        cfg = self.cfg
+        self.heldout = [h.detach().clone() for h in heldout]
+        self.total_steps, self.world = total_steps, world
+        device = self.device
+        self.example = self.heldout[0][:1].to(device)
+        torch.manual_seed(cfg.seed)
+        teacher = copy.deepcopy(self.model).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher
+        self.groups = group_structure(teacher, self.example)
+        if not self.groups:
+            raise PruningStructureError("the model has no prunable channel group (no conv/linear whose "
+                                        "output channels feed another layer)")
+        self.widthmap = WidthMap(teacher, self.groups)
+        self.full = {g.name: g.width for g in self.groups}
+        self.baseline = self._cost_of(self.full)
+        self.min_width = cfg.min_width or self.round_to
+        smallest = self._cost_of(width_floor(self.full, round_to=self.round_to, min_width=self.min_width))
+        unit = self.cost.unit
+        if self.budget < smallest:
+            raise ConfigError(
+                f"budget {self.budget:.4g} {unit} is below the smallest reachable {smallest:.4g} {unit} "
+                f"({smallest / self.baseline:.3f}x of the baseline's {self.baseline:.4g} {unit}, every "
+                f"group at {max(self.min_width, self.round_to)} channels: round_to {self.round_to}, "
+                f"min_width {self.min_width}); raise the budget to at least {smallest:.4g}, or lower "
+                "round_to and min_width (CLI: --round-to N --min-width N), at the price of widths the "
+                "runtime may run no faster")
+
+        points = (list(cfg.feature_points) if cfg.feature_points is not None
+                  else stage_outputs(teacher, self.example))
+        self.use_feat = cfg.feature_loss and cfg.lambda_feat > 0 and bool(points)
+        self.use_ml = cfg.mutual_learning and cfg.students > 1 and cfg.lambda_ml > 0
+        self.t_feat = _Features(teacher, points) if self.use_feat else None
+        self.students: list[_Student] = []
+        self.s_feats: list[_Features | None] = []
+        for _ in range(cfg.students):
+            m = copy.deepcopy(self.model).to(device).train()
+            for p in m.parameters():
+                p.requires_grad_(True)
+            self.students.append(_Student(m, self.groups, cfg))
+            self.s_feats.append(_Features(m, points) if self.use_feat else None)
+        self.view_gen = [torch.Generator().manual_seed(cfg.seed * 1000 + k) for k in range(cfg.students)]
+
+        self.ramp_steps = max(1, round(cfg.ramp_end * total_steps))
+        self.select_stop = round(cfg.select_until * total_steps)
+        interval = cfg.update_interval
+        if self.select_stop <= 2 * interval:
+            raise ConfigError(
+                f"{total_steps} steps are too few for update_interval={interval}: the sparse set is "
+                f"chosen every {interval} steps until step {self.select_stop} (select_until="
+                f"{cfg.select_until}), and needs at least two choices; train for more than "
+                f"{math.ceil(2 * interval / cfg.select_until)} steps or lower update_interval")
+        self.acc = {"kd": 0.0, "feat": 0.0, "ml": 0.0, "n": 0}
+        self.selected_once = False
+        self.last = {"predicted": self.baseline, "sparsity": 0.0}
+        self._prepared = True
+
+    def _cost_of(self, group_widths: dict[str, int]) -> float:
+        return self.cost(self.widthmap(group_widths))
+
+    def _lr(self, step: int) -> float:
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * step / self.total_steps))
+
+    # ---- step ---------------------------------------------------------------------------
+
+    def step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimiser step of every student on batch ``x`` (already this rank's slice),
+        then the ISTA shrinkage of its expected-sparse set. Returns this step's mean loss
+        terms and the latest predicted cost and sparsity."""
+        if not self._prepared:
+            raise ConfigError("Pruner.step before Pruner.prepare")
+        cfg, device, students, acc = self.cfg, self.device, self.students, self.acc
+        step = self.step_count
+        if step % cfg.update_interval == 0 and step > 0:
+            self._check(step)
+        x = x.to(device)
+        lr = self._lr(step)
+        views = [x] + [_shift_view(x, self.view_gen[k]) for k in range(1, cfg.students)]
+        with torch.no_grad():
+            t_logits, t_feats = [], []
+            for v in views:
+                t_logits.append(self.teacher(v))
+                t_feats.append(self.t_feat.take() if self.t_feat else [])
+        s_logits, s_fts = [], []
+        for k, st in enumerate(students):
+            s_logits.append(st.model(views[k]))
+            s_fts.append(self.s_feats[k].take() if self.s_feats[k] else [])
+        total = torch.zeros((), device=device)
+        before = {k: acc[k] for k in ("kd", "feat", "ml")}
+        zero = torch.zeros((), device=device)
+        for k in range(cfg.students):
+            l_kd = kd_loss(s_logits[k], t_logits[k], cfg.tau)
+            l_ft = attention_loss(s_fts[k], t_feats[k]) if self.use_feat else zero
+            peers = [s_logits[j].detach() for j in range(cfg.students) if j != k]
+            l_ml = mutual_loss(s_logits[k], peers, cfg.tau) if self.use_ml else zero
+            total = total + cfg.lambda_kd * l_kd + cfg.lambda_feat * l_ft + cfg.lambda_ml * l_ml
+            acc["kd"] += float(l_kd.detach()) / cfg.students
+            acc["feat"] += float(l_ft.detach()) / cfg.students
+            acc["ml"] += float(l_ml.detach()) / cfg.students
+        acc["n"] += 1
+        for st in students:
+            st.opt.zero_grad(set_to_none=True)
+        total.backward()
+        if self.world > 1:
+            for st in students:
+                for p in st.model.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= self.world
+        for st in students:
+            st.update_sensitivity(cfg.ema)
+            for pg in st.opt.param_groups:
+                pg["lr"] = lr
+            st.opt.step()
+            if self.selected_once:
+                st.ista(lr * st.lambda_s)
+        self.step_count += 1
+        return {**{k: acc[k] - before[k] for k in before}, self.cost.unit: self.last["predicted"],
+                "sparsity": self.last["sparsity"]}
+
+    def _check(self, step: int) -> None:
+        """Every ``update_interval`` steps: adapt each student's lambda_s, re-choose its
+        expected-sparse set E_t against the ramped budget, and record the history."""
+        cfg, groups, interval = self.cfg, self.groups, self.cfg.update_interval
+        target_now = ramp_budget(step, self.ramp_steps, self.baseline, self.budget, cfg.ramp)
+        target_next = ramp_budget(step + interval, self.ramp_steps, self.baseline, self.budget, cfg.ramp)
+        record: dict[str, Any] = {"step": step, "lr": self._lr(step), "budget_t": target_now}
+        if self.acc["n"]:
+            record.update({k: self.acc[k] / self.acc["n"] for k in ("kd", "feat", "ml")})
+        preds, lams, sel = [], [], []
+        for st in self.students:
+            zero = st.zero_counts()
+            zero_cost = self._cost_of({g.name: g.width - z for g, z in zip(groups, zero, strict=True)})
+            if self.selected_once and zero_cost > target_now * (1 + 1e-9):
+                st.lambda_s *= cfg.lambda_growth  # behind schedule: shrink harder
+            if self.selected_once and step >= self.ramp_steps:
+                # after the ramp, E must reach exact zero by the end: the thresholds still to
+                # come (sum of lr * lambda_s) must at least cover twice the largest E gate norm
+                rest = sum(self._lr(s) for s in range(step, self.total_steps))
+                worst = st.max_sparse_norm()
+                if rest > 0 and worst > 0:
+                    st.lambda_s = max(st.lambda_s, 2 * worst / rest)
+            if step < self.select_stop and (cfg.dynamic_set or not self.selected_once):
+                b = target_next if cfg.dynamic_set else self.budget
+                s = select_channels(dict(zip([g.name for g in groups], st.normalised_sensitivity(),
+                                             strict=True)), self._cost_of, b,
+                                    round_to=self.round_to, min_width=self.min_width,
+                                    latency_weighting=cfg.latency_weighting)
+                st.sparse = [np.setdiff1d(np.arange(g.width), s.keep[g.name]) for g in groups]
+                sel.append(s.predicted_cost)
+                if st.lambda_s == 0.0:
+                    norms = np.concatenate([gg.norms() for gg in st.gates])
+                    st.lambda_s = float(np.median(norms)) / (cfg.lr * interval)
+            preds.append(zero_cost)
+            lams.append(st.lambda_s)
+        self.selected_once = self.selected_once or bool(sel)
+        total_ch = sum(g.width for g in groups)
+        self.last["predicted"] = preds[0]
+        self.last["sparsity"] = sum(self.students[0].zero_counts()) / total_ch
+        record.update({"predicted": preds, "selected": sel, "lambda_s": lams,
+                       "sparsity": self.last["sparsity"]})
+        self.history.append(record)
+        self.acc.update(kd=0.0, feat=0.0, ml=0.0, n=0)
+
+    # ---- finalize -----------------------------------------------------------------------
+
+    def finalize(self) -> PruneResult:
+        """Hard-zero E (reporting the largest norm that needed it), pick the student closest
+        to the teacher on the held-out batches, remove its zero channels (lossless, checked)
+        and return the result."""
+        if not self._prepared:
+            raise ConfigError("Pruner.finalize before Pruner.prepare")
+        cfg, groups, students, teacher = self.cfg, self.groups, self.students, self.teacher
+        device, step = self.device, self.step_count
+        self._check(step)
+        for f in [self.t_feat, *self.s_feats]:
+            if f is not None:
+                f.remove()
+        if self.world > 1:  # BatchNorm running statistics were computed per rank: average them
+            for st in students:
+                for b in st.model.buffers():
+                    if b.is_floating_point():
+                        torch.distributed.all_reduce(b)
+                        b /= self.world
+        hard = []
+        for st in students:
+            hard.append(st.max_sparse_norm())
+            for gg, e in zip(st.gates, st.sparse, strict=True):
+                gg.zero(torch.as_tensor(e))
+            st.model.eval()
+        kls = []
+        with torch.no_grad():
+            for st in students:
+                kl = [float(kd_loss(st.model(h.to(device)), teacher(h.to(device)), 1.0))
+                      for h in self.heldout]
+                kls.append(float(np.mean(kl)))
+        best = int(np.argmin(kls))
+        # removal and its lossless check run on the CPU in fp32: on a GPU, convolutions may use
+        # TF32, whose rounding differs between the masked and the pruned shapes (~1e-2 on logits)
+        masked = students[best].model.cpu()
+        cpu_example = self.example.cpu()
+        # remove exactly E (all zero now); other channels that happen to be zero stay, so widths
+        # keep the runtime-friendly multiples of round_to the selection priced
+        zero = {g.name: e.tolist() for g, e in zip(groups, students[best].sparse, strict=True) if len(e)}
+        pruned = (remove_channels(masked, cpu_example, zero).eval() if zero
+                  else copy.deepcopy(masked).eval())
+        with torch.no_grad():
+            diffs = [float((masked(h) - pruned(h)).abs().max()) for h in self.heldout]
+        diff = max(diffs)
+        if diff > LOSSLESS_TOL:
+            raise PruningStructureError(
+                f"removing the zero channels changed the logits by {diff:.3g} (> {LOSSLESS_TOL}); a "
+                f"module in groups {sorted(zero)} does not map a zero channel to zero (e.g. a bias "
+                "after the gate or a non-ReLU activation); exclude it or report the model")
+        for p in pruned.parameters():
+            p.requires_grad_(False)
+        predicted = self.cost.of_model(pruned)
+        if predicted > self.budget * (1 + 1e-6):
+            raise EdgepruneError(f"internal error: pruned model predicts {predicted:.4g} {self.cost.unit} "
+                                 f"over budget {self.budget:.4g}; please report it")
+        after = {g.name: g.width - len(zero.get(g.name, [])) for g in groups}
+        notes = []
+        if not self.use_feat and cfg.feature_loss:
+            notes.append("feature loss off: no feature point with spatial size > 1x1")
+        return PruneResult(
+            model=pruned, target=self.target, cost_unit=self.cost.unit, cost_source=self.cost.source,
+            baseline_cost=self.baseline, predicted_cost=predicted, budget=self.budget,
+            group_widths_before=self.full, group_widths_after=after,
+            widths_before=self.widthmap({}), widths_after=self.widthmap(after),
+            macs_before=_macs(teacher, self.example), macs_after=_macs(pruned, cpu_example),
+            params_before=sum(p.numel() for p in teacher.parameters()),
+            params_after=sum(p.numel() for p in pruned.parameters()),
+            student=best, student_kl=tuple(kls), removal_max_abs_diff=diff,
+            max_hard_zeroed_norm=max(hard), history=tuple(self.history), config=cfg, steps=step,
+            seconds=time.perf_counter() - self._t_start, notes=tuple(notes))
+
+
+# ---- driving it over the data -----------------------------------------------------------
+
+def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: str,
+        round_to: int, config: PruneConfig = PruneConfig(),
+        on_progress: Callable[[Progress], None] | None = None) -> PruneResult:
+    """Prune ``model`` (not modified) on unlabeled ``data`` until ``cost`` <= ``budget``.
+
+    The first ``config.heldout_batches`` batches of every pass are held out; the rest train.
+    Under ``torch.distributed`` (e.g. ``torchrun``), every rank must see the same batches;
+    each takes its slice of every batch and gradients are averaged across ranks.
+    """
+    cfg = config
+    pruner = Pruner(model, cost=cost, budget=budget, target=target, round_to=round_to, config=cfg)
+    _check_reiterable(data)
+    dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if dist_on else 0
+    world = torch.distributed.get_world_size() if dist_on else 1
+
+    heldout: list[torch.Tensor] = []
+    it = iter(data)
+    for batch in it:
+        heldout.append(input_of(batch))
+        if len(heldout) == cfg.heldout_batches:
+            break
+    n_batches = len(data) if hasattr(data, "__len__") else len(heldout) + sum(1 for _ in it)
+    train_batches = n_batches - cfg.heldout_batches
+    if train_batches < 1:
+        raise DataError(f"pruning data has {n_batches} batch(es); need more than "
+                        f"heldout_batches={cfg.heldout_batches} (the first ones are held out "
+                        "to pick the best student)")
+    total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * train_batches
+    pruner.prepare(heldout, total_steps, world=world)
+
+    while pruner.step_count < total_steps:
+        trained = 0
+        for bi, batch in enumerate(data):
+            if bi < cfg.heldout_batches:
+                continue
+            if pruner.step_count >= total_steps:
+                break
+            trained += 1
+            x = input_of(batch)
+            if world > 1:
+                x = x.tensor_split(world)[rank]
+            metrics = pruner.step(x)
+            if on_progress is not None:
+                on_progress(Progress("prune", pruner.step_count, total_steps, metrics))
+        if not trained and pruner.step_count < total_steps:
+            raise DataError("pruning data yielded no training batches on a later pass; it must "
+                            "yield the same batches every time it is iterated")
+    return pruner.finalize()
+
+
+def _macs(model: nn.Module, example: torch.Tensor) -> int:
+    from edgeprune.graph.layers import layer_units
+
+    return int(sum(u.macs() for u in layer_units(model, tuple(example.shape[1:]))))

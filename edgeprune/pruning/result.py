@@ -1,0 +1,132 @@
+""":class:`PruneResult`: what :func:`edgeprune.prune` returns, with its table (``str``), its
+JSON form (``to_dict``), its Markdown report (``to_markdown``) and ``save``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgeprune.pruning.config import PruneConfig
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The pruned model and how it got there. Costs are in ``cost_unit``: "ms" predicted on
+    the target from its latency profile, or "MMACs" for the analytical ``macs`` target."""
+
+    model: nn.Module
+    target: str
+    cost_unit: str  # "ms" or "MMACs"
+    cost_source: str  # "measured" / "estimate" (the latency profile's) or "analytical"
+    baseline_cost: float  # the unpruned model's predicted cost
+    predicted_cost: float  # the pruned model's predicted cost
+    budget: float
+    group_widths_before: dict[str, int]
+    group_widths_after: dict[str, int]
+    widths_before: dict[str, tuple[int, int]]
+    widths_after: dict[str, tuple[int, int]]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    student: int
+    student_kl: tuple[float, ...]
+    removal_max_abs_diff: float
+    max_hard_zeroed_norm: float
+    history: tuple[dict[str, Any], ...]
+    config: PruneConfig
+    steps: int
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def speedup(self) -> float:
+        """Predicted baseline cost over predicted pruned cost."""
+        return self.baseline_cost / self.predicted_cost
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the model, JSON-ready (keys as in edgeprune's earlier reports)."""
+        return {
+            "target": self.target, "cost_unit": self.cost_unit, "cost_source": self.cost_source,
+            "baseline_predicted": self.baseline_cost, "predicted": self.predicted_cost,
+            "budget": self.budget,
+            "group_widths_before": self.group_widths_before,
+            "group_widths_after": self.group_widths_after,
+            "widths_before": {k: list(v) for k, v in self.widths_before.items()},
+            "widths_after": {k: list(v) for k, v in self.widths_after.items()},
+            "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "student": self.student, "student_kl": list(self.student_kl),
+            "removal_max_abs_diff": self.removal_max_abs_diff,
+            "max_hard_zeroed_norm": self.max_hard_zeroed_norm,
+            "steps": self.steps, "seconds": self.seconds,
+            "config": self.config.to_dict(), "notes": list(self.notes),
+            "history": list(self.history),
+        }
+
+    def __str__(self) -> str:
+        u = self.cost_unit
+        lines = [
+            f"pruned for {self.target}: {self.baseline_cost:.4g} -> {self.predicted_cost:.4g} {u} "
+            f"predicted (budget {self.budget:.4g} {u}, {self.speedup:.2f}x)",
+            f"params {self.params_before:,} -> {self.params_after:,}   "
+            f"MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M",
+            f"student {self.student} (KL to teacher {', '.join(f'{k:.4f}' for k in self.student_kl)}), "
+            f"removal max |dlogit| {self.removal_max_abs_diff:.2e}, largest hard-zeroed gate "
+            f"{self.max_hard_zeroed_norm:.2e}, {self.steps} steps in {self.seconds:.0f} s",
+            "",
+            f"{'group (root layer)':32} {'before':>6} {'after':>6}",
+        ]
+        for g, w in self.group_widths_before.items():
+            lines.append(f"{g:32} {w:6d} {self.group_widths_after[g]:6d}")
+        return "\n".join(lines)
+
+    def to_markdown(self, *, title: str = "", command: str = "") -> str:
+        """A Markdown report: costs, sizes, the chosen student, every group's width, and the
+        training history (budget, predicted cost per student, loss terms) at each check."""
+        u = self.cost_unit
+        lines = [f"# Pruning report{': ' + title if title else ''} for {self.target}", ""]
+        if command:
+            lines += [f"`{command}`", ""]
+        lines += ["| | before | after |", "|---|---:|---:|",
+                  f"| predicted cost ({u}, {self.cost_source}) | {self.baseline_cost:.4g} | "
+                  f"{self.predicted_cost:.4g} |",
+                  f"| params | {self.params_before:,} | {self.params_after:,} |",
+                  f"| MACs | {self.macs_before:,} | {self.macs_after:,} |", "",
+                  f"Budget {self.budget:.4g} {u}; student {self.student} chosen (KL to teacher on "
+                  f"held-out batches: {', '.join(f'{k:.4f}' for k in self.student_kl)}); removal max "
+                  f"|dlogit| {self.removal_max_abs_diff:.2e}; largest gate norm hard-zeroed at the end "
+                  f"{self.max_hard_zeroed_norm:.2e}; {self.steps} steps in {self.seconds:.0f} s. "
+                  "No labels were read and nothing was fine-tuned after removal.", "",
+                  "| group (root layer) | width before | width after |", "|---|---:|---:|"]
+        lines += [f"| {g} | {w} | {self.group_widths_after[g]} |"
+                  for g, w in self.group_widths_before.items()]
+        lines += ["", f"| step | budget_t ({u}) | predicted ({u}, per student) | KD | AT | ML |",
+                  "|---:|---:|---|---:|---:|---:|"]
+        for h in self.history:
+            preds = ", ".join(f"{p:.4g}" for p in h["predicted"])
+            lines.append(f"| {h['step']} | {h['budget_t']:.4g} | {preds} | {h.get('kd', 0):.4f} | "
+                         f"{h.get('feat', 0):.5f} | {h.get('ml', 0):.4f} |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | os.PathLike, *, spec=None, metadata: dict[str, Any] | None = None,
+             report: dict[str, Any] | None = None, title: str = "", command: str = "") -> Path:
+        """Write ``out_dir``/model.safetensors (the pruned model; ``spec`` defaults to the
+        model's own, with ``metadata`` added), prune_report.json (``to_dict`` plus ``report``)
+        and prune_report.md; each file atomically. Returns the checkpoint's path."""
+        from edgeprune._io import atomic_path, write_json
+        from edgeprune.models.checkpoint import save, spec_of
+
+        out = Path(out_dir)
+        spec = spec or spec_of(self.model)
+        if spec is not None and metadata:
+            spec = spec.with_metadata(**metadata)
+        ckpt = save(self.model, out / "model.safetensors", spec=spec)
+        write_json(out / "prune_report.json", {**(report or {}), **self.to_dict()})
+        with atomic_path(out / "prune_report.md") as tmp:
+            tmp.write_text(self.to_markdown(title=title, command=command))
+        return ckpt

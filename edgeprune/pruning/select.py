@@ -1,0 +1,77 @@
+"""Latency-weighted choice of the channels to keep (METHOD.md, "Choosing the expected-sparse
+set"): greedily drop the block of channels with the least sensitivity per millisecond saved
+until the predicted latency meets the budget.
+
+Blocks are ``round_to`` channels (the runtime's kernels move in such steps), taken from the
+least sensitive end of a group; a block's cost is the predicted latency difference at the
+group's *current* width, so step-shaped latency curves are priced as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeprune.errors import ConfigError
+
+
+def width_floor(widths: Mapping[str, int], *, round_to: int, min_width: int) -> dict[str, int]:
+    """The narrowest each group may become: ``max(min_width, round_to)`` channels, or its
+    whole width when it is already narrower."""
+    return {g: min(n, max(min_width, round_to)) for g, n in widths.items()}
+
+
+@dataclass(frozen=True)
+class Selection:
+    keep: dict[str, np.ndarray]  # group -> indices of kept channels (sorted)
+    widths: dict[str, int]
+    predicted_cost: float  # in the cost function's unit (ms or MMACs)
+    met_budget: bool
+
+
+def select_channels(sensitivity: Mapping[str, np.ndarray],
+                    latency_ms: Callable[[Mapping[str, int]], float], budget_ms: float, *,
+                    round_to: int, min_width: int, latency_weighting: bool = True) -> Selection:
+    """Keep-set maximising total sensitivity subject to ``latency_ms(widths) <= budget_ms``.
+
+    ``sensitivity[g]``: one non-negative score per channel of group ``g``.
+    ``latency_ms(widths)``: predicted latency with group widths ``{g: width}``.
+    ``latency_weighting=False`` ranks blocks by sensitivity alone (plain Taylor pruning).
+    """
+    if round_to < 1 or min_width < 1:
+        raise ConfigError(f"round_to={round_to} and min_width={min_width} must be >= 1")
+    order = {g: np.argsort(np.asarray(s, dtype=np.float64), kind="stable") for g, s in sensitivity.items()}
+    widths = {g: len(s) for g, s in sensitivity.items()}
+    floor = width_floor(widths, round_to=round_to, min_width=min_width)
+    total = {g: len(s) for g, s in sensitivity.items()}
+
+    def next_width(g: str, n: int) -> int:
+        """The next multiple of round_to below n, not under the group's floor."""
+        return max(floor[g], round_to * ((n - 1) // round_to))
+
+    current = latency_ms(widths)
+    while current > budget_ms:
+        best, best_key, best_ms = None, None, None
+        for g in sorted(widths):
+            n = widths[g]
+            m = next_width(g, n)
+            if m >= n:
+                continue  # at its floor
+            removed = order[g][total[g] - n: total[g] - m]  # the next least sensitive block
+            value = float(np.sum(np.asarray(sensitivity[g], dtype=np.float64)[removed]))
+            ms = latency_ms({**widths, g: m})
+            saved = current - ms
+            if latency_weighting:
+                key = value / saved if saved > 0 else np.inf
+            else:
+                key = value
+            if best_key is None or key < best_key:
+                best, best_key, best_ms = g, key, ms
+        if best is None or best_key == np.inf:
+            break  # nothing left to remove, or nothing that saves time
+        widths[best] = next_width(best, widths[best])
+        current = best_ms
+    keep = {g: np.sort(order[g][len(sensitivity[g]) - widths[g]:]) for g in sensitivity}
+    return Selection(keep, widths, current, current <= budget_ms)

@@ -1,0 +1,169 @@
+"""Targets: a device + runtime + settings, as data (``edgeprune/targets/*.toml``).
+
+``load_target("host-litert")`` reads ``host-litert.toml`` shipped in this package (so an
+installed edgeprune finds them); ``load_target("path/to/my-device.toml")`` reads any file.
+Unknown keys and invalid values raise :class:`ConfigError` naming the field. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import ConfigError, TargetNotFoundError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TARGETS_DIR = Path(__file__).resolve().parent
+RUNTIMES = ("litert", "onnxruntime", "coreml", "macs")
+PRECISIONS = ("fp32", "fp16", "int8")
+CONNECTION_SCHEMES = ("local", "agent://", "ssh://")
+# what each runtime's ``delegate`` may name; the first is the default. LiteRT: "xnnpack" (its
+# default delegate, on) or "none" (builtin kernels only); ONNX Runtime: its CPU provider;
+# CoreML: the compute units a device may use (not run by edgeprune off Apple hardware).
+DELEGATES = {"litert": ("xnnpack", "none"), "onnxruntime": ("cpu",),
+             "coreml": ("all", "cpu", "cpu_and_gpu", "cpu_and_ne"), "macs": ("none",)}
+
+
+@dataclass(frozen=True)
+class MeasureProtocol:
+    """``passes`` rounds of (``warmup`` untimed runs, ``runs`` timed runs); the fastest pass's
+    median is reported. Several artifacts timed together are interleaved pass by pass, so drift
+    on the machine hits them alike."""
+
+    warmup: int = 10
+    runs: int = 50
+    passes: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"measure.warmup = {self.warmup!r} is invalid; need an integer >= 0")
+        if not isinstance(self.runs, int) or self.runs < 5:
+            raise ConfigError(f"measure.runs = {self.runs!r} is invalid; need an integer >= 5 "
+                              "(a median of fewer runs is noise)")
+        if not isinstance(self.passes, int) or self.passes < 1:
+            raise ConfigError(f"measure.passes = {self.passes!r} is invalid; need an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a model runs. ``threads = 0`` means the runtime's own default."""
+
+    name: str
+    runtime: str
+    precision: str = "fp32"
+    threads: int = 1
+    delegate: str = ""  # "" = the runtime's default (DELEGATES)
+    round_to: int = 8
+    connection: str = "local"
+    description: str = ""
+    device: str = ""
+    measure: MeasureProtocol = field(default_factory=MeasureProtocol)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"target name {self.name!r} is invalid; need a non-empty string")
+        where = f"target {self.name!r}"
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"{where}: runtime = {self.runtime!r} is invalid; use one of {RUNTIMES}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}: precision = {self.precision!r} is invalid; use one of {PRECISIONS}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"{where}: threads = {self.threads!r} is invalid; need an integer >= 0 "
+                              "(0 = runtime default)")
+        allowed = DELEGATES[self.runtime]
+        if self.delegate == "":
+            object.__setattr__(self, "delegate", allowed[0])
+        elif self.delegate not in allowed:
+            raise ConfigError(f"{where}: delegate = {self.delegate!r} is invalid for runtime "
+                              f"{self.runtime!r}; use one of {allowed}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"{where}: round_to = {self.round_to!r} is invalid; need an integer >= 1")
+        if not isinstance(self.connection, str) or not self.connection.startswith(CONNECTION_SCHEMES):
+            raise ConfigError(f"{where}: connection = {self.connection!r} is invalid; use 'local', "
+                              "'agent://host:port' or 'ssh://user@host'")
+
+    @property
+    def is_local(self) -> bool:
+        return self.connection == "local"
+
+    @property
+    def is_analytical(self) -> bool:
+        return self.runtime == "macs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "runtime": self.runtime, "precision": self.precision,
+            "threads": self.threads, "delegate": self.delegate, "round_to": self.round_to,
+            "connection": self.connection, "description": self.description, "device": self.device,
+            "measure": {"warmup": self.measure.warmup, "runs": self.measure.runs,
+                        "passes": self.measure.passes},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, path: str | None = None) -> Target:
+        d = dict(d)
+        known = {"name", "runtime", "precision", "threads", "delegate", "round_to", "connection",
+                 "description", "device", "measure"}
+        unknown = sorted(set(d) - known)
+        where = f"target {d.get('name', path)!r}"
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
+        for key in ("name", "runtime"):
+            if key not in d:
+                raise ConfigError(f"{where}: missing required field {key!r}")
+        for section, typ in (("measure", MeasureProtocol),):
+            sub = d.get(section, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{where}: [{section}] must be a table")
+            valid = set(typ.__dataclass_fields__)
+            bad = sorted(set(sub) - valid)
+            if bad:
+                raise ConfigError(f"{where}: unknown field(s) {[f'{section}.{b}' for b in bad]}; "
+                                  f"valid: {sorted(valid)}")
+            try:
+                d[section] = typ(**sub)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        return cls(**d, path=path)
+
+
+def target_names() -> list[str]:
+    """Names of the targets shipped with edgeprune."""
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml")) if TARGETS_DIR.is_dir() else []
+
+
+def load_target(name_or_path: str | os.PathLike | Target) -> Target:
+    """Load a target by name (``targets/<name>.toml``) or from a ``.toml`` path."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    text = str(name_or_path)
+    p = Path(text)
+    if p.suffix == ".toml" or os.sep in text:
+        if not p.is_file():
+            raise TargetNotFoundError(f"target file {text!r} does not exist")
+    else:
+        p = TARGETS_DIR / f"{text}.toml"
+        if not p.is_file():
+            raise TargetNotFoundError(
+                f"unknown target {text!r}; known: {', '.join(target_names())}; see {TARGETS_DIR}"
+            )
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"target file {str(p)!r} is not valid TOML: {e}") from e
+    t = Target.from_dict(raw, path=str(p))
+    if t.name != p.stem:
+        raise ConfigError(f"target file {str(p)!r} declares name = {t.name!r}; "
+                          f"it must match the file name {p.stem!r}")
+    if t.threads == 0 and t.runtime in ("litert", "onnxruntime") and t.is_local:
+        raise ConfigError(f"target {t.name!r}: threads = 0 is not allowed for a local {t.runtime} "
+                          "target; name the thread count so measurements are reproducible")
+    return t

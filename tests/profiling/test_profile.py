@@ -1,0 +1,308 @@
+"""Measured mini-profiles of a tiny model on both host runtimes, and the profile file format."""
+
+import json
+
+import pytest
+import torch
+
+from edgeprune import models
+from edgeprune.api import measure, profile
+from edgeprune.errors import ConfigError, ProfileError, RuntimeAdapterError
+from edgeprune.graph.layers import layer_units
+from edgeprune.profiling import LatencyProfile
+from edgeprune.profiling import measurement as measure_mod
+from tests.nets import TinyNet, randomize_bn
+
+SHAPE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module", params=["host-onnxruntime", "host-litert"])
+def mini(request):
+    torch.manual_seed(0)
+    model = randomize_bn(TinyNet(width=32))
+    return model, profile(model, target=request.param, input_shape=SHAPE, max_points=2)
+
+
+def test_the_full_model_is_predicted_as_its_own_calibration_row_says(mini):
+    """The prediction path (layer units -> tables -> scale and intercept) gives, for the
+    profiled model itself, the number the profile recorded for its keep=1.0 calibration. (How
+    close predictions come to measurements is scripts/bench_latency_predictor.py's job.)"""
+    model, prof = mini
+    full = next(c for c in prof.calibration if c["keep"] == 1.0)
+    assert prof.predict_ms(model) == pytest.approx(full["predicted_ms"], rel=1e-9)
+    assert full["measured_ms"] > 0 and prof.layer_scale > 0
+
+
+def test_profile_contents(mini):
+    model, prof = mini
+    assert prof.source == "measured" and prof.target.threads == 1
+    assert set(prof.layers) == {u.path for u in layer_units(model, SHAPE)}
+    stem = prof.tables[prof.layers["stem.0"]]
+    assert stem.c_in == (3,) and stem.c_out == (16, 32)  # input channels are fixed
+    assert prof.tables[prof.layers["fc"]].c_out == (10,)  # classes are fixed
+    assert prof.tables[prof.layers["dw.0"]].kind == "dwconv"
+    assert len(prof.calibration) == 3 and prof.overhead_ms > 0
+    assert prof.host["cores"] >= 1 and prof.runtime_version
+    breakdown = prof.breakdown(model)
+    assert sum(breakdown.values()) == pytest.approx(prof.predict_ms(model))
+
+
+def test_json_round_trip(mini, tmp_path):
+    model, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    back = LatencyProfile.load(path, target=prof.target.name)
+    assert back.predict_ms(model) == pytest.approx(prof.predict_ms(model))
+    assert back.to_dict() == prof.to_dict()
+    d = json.loads(path.read_text())
+    for key in ("schema_version", "target", "runtime", "runtime_version", "host", "created",
+                "edgeprune_version", "protocol", "tables", "source"):
+        assert key in d
+
+
+def _edit(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda d: d.update(format="nope"), "not an edgeprune latency profile"),
+    (lambda d: d.update(schema_version=7), "schema_version 7"),
+    (lambda d: d.update(source="guess"), "source 'guess'"),
+    (lambda d: d.pop("tables"), "malformed"),
+    (lambda d: d["layers"].update({"stem.0": "conv:nowhere"}), "lacks"),
+    (lambda d: d.update(runtime_version="0.0.1"), "re-profile"),
+    (lambda d: d["target"].update(runtime="tvm"), "runtime = 'tvm'"),
+])
+def test_schema_errors(mini, tmp_path, edit, msg):
+    _, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    _edit(path, edit)
+    with pytest.raises(ProfileError, match=msg):
+        LatencyProfile.load(path)
+
+
+def test_not_json_and_missing(tmp_path):
+    (tmp_path / "p.json").write_text("{")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        LatencyProfile.load(tmp_path / "p.json")
+    with pytest.raises(ProfileError, match="does not exist"):
+        LatencyProfile.load(tmp_path / "none.json")
+
+
+def test_other_target_is_refused(mini, tmp_path):
+    _, prof = mini
+    path = prof.save(tmp_path / "p.json")
+    other = "host-litert" if prof.target.name == "host-onnxruntime" else "host-onnxruntime"
+    with pytest.raises(ProfileError, match=f"not '{other}'"):
+        LatencyProfile.load(path, target=other)
+
+
+def test_other_architecture_is_refused(mini):
+    _, prof = mini
+    with pytest.raises(ProfileError, match="does not match the profiled architecture"):
+        prof.predict_ms(models.create("resnet20"))
+
+
+def test_pruned_variant_predicts_less(mini):
+    from edgeprune.graph import group_structure, shrink_to_widths
+
+    model, prof = mini
+    x = torch.zeros(1, *SHAPE)
+    small = shrink_to_widths(model, x, {g.name: 8 for g in group_structure(model, x)})
+    assert prof.predict_ms(small) < prof.predict_ms(model)
+
+
+def test_reprofiling_with_cache_measures_no_layer_points(mini, monkeypatch):
+    model, prof = mini
+    calls = []
+    real = measure_mod.convert_for
+
+    def counting(m, t, path, x, fast=False):
+        calls.append(fast)
+        return real(m, t, path, x, fast=fast)
+
+    monkeypatch.setattr("edgeprune.profiling.latency.convert_for", counting)
+    again = profile(model, target=prof.target, input_shape=SHAPE, max_points=2, cache=prof)
+    # only the overhead probe (fast) and the three end-to-end calibrations are converted
+    assert calls.count(True) == 1 and calls.count(False) == 3
+    assert again.tables == prof.tables
+
+
+def test_cache_from_another_target_is_refused(mini):
+    model, prof = mini
+    other = "host-litert" if prof.target.name == "host-onnxruntime" else "host-onnxruntime"
+    with pytest.raises(ProfileError, match="cannot seed"):
+        profile(model, target=other, input_shape=SHAPE, cache=prof)
+
+
+def test_failed_measurement_raises(tmp_path):
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(RuntimeAdapterError):
+        measure(bad, target="host-onnxruntime")
+    with pytest.raises(ProfileError, match="does not exist"):
+        measure(tmp_path / "none.onnx", target="host-onnxruntime")
+    with pytest.raises(ConfigError, match="not a .tflite"):
+        measure(bad, target="host-litert")
+
+
+def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
+    from edgeprune import convert
+    from edgeprune.runtimes import base
+
+    path = convert.to_onnx(TinyNet(), tmp_path / "m.onnx", torch.zeros(1, *SHAPE))
+    monkeypatch.setattr(base.time, "perf_counter_ns", lambda: 0)  # a broken clock: 0 ms runs
+    with pytest.raises(RuntimeAdapterError, match="invalid samples"):
+        measure(path, target="host-onnxruntime")
+
+
+@pytest.mark.parametrize("target, msg", [
+    ("macs", "analytical"),
+    ("raspberry-pi-4-litert", "agent://"),
+    ("host-litert-int8", "needs its int8 conversion"),
+    ("iphone-coreml", "agent://"),
+])
+def test_unmeasurable_targets(target, msg):
+    with pytest.raises(ConfigError, match=msg):
+        measure(TinyNet(), target=target, input_shape=SHAPE)
+
+
+def test_int8_target_measures_int8_artifacts_only(tmp_path):
+    from edgeprune import convert
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.zeros(1, *SHAPE)
+    q = convert.to_tflite_int8(model, tmp_path / "q.tflite", x, [torch.randn(16, *SHAPE)], min_images=16)
+    f = convert.to_tflite(model, tmp_path / "f.tflite", x)
+    st = measure(q, target="host-litert-int8")
+    assert st.median_ms > 0 and st.passes == 3
+    with pytest.raises(ConfigError, match="is an fp32 model but target 'host-litert-int8'"):
+        measure(f, target="host-litert-int8")
+    with pytest.raises(ConfigError, match="is an int8 model but target 'host-litert'"):
+        measure(q, target="host-litert")
+
+
+def test_the_profile_verb_is_a_plain_function_and_refuses_an_analytical_target():
+    import inspect
+
+    import edgeprune
+    from edgeprune import api
+
+    assert inspect.isfunction(edgeprune.profile) and edgeprune.profile is api.profile
+    with pytest.raises(ConfigError, match="analytical"):
+        edgeprune.profile(TinyNet(), target="macs", input_shape=SHAPE)
+
+
+def test_profile_reports_progress_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = TinyNet(width=16).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    prof = profile(model, target="host-onnxruntime", input_shape=SHAPE, max_points=2, on_progress=seen.append)
+    assert model.training  # not switched to eval
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    points = sum(t.points() for t in prof.tables.values())
+    passes = prof.target.measure.passes
+    assert [p.step for p in seen] == list(range(1, len(seen) + 1))
+    # probe + points converted, then timed in passes; three calibrations converted and timed
+    assert seen[-1].step == seen[-1].total == 1 + points + passes * (1 + points) + 3 * (1 + passes)
+    assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
+
+
+def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeypatch):
+    from edgeprune import runtimes
+    from edgeprune.targets import load_target
+    from edgeprune.types import LatencyStats
+
+    class FakeSession:
+        input_shape = (1, 3, 4, 4)
+
+        def __init__(self, path):
+            self.path = path
+
+    order = []
+    medians = {"a": iter([2.0, 1.0, 3.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def fake_time(sess, x, *, warmup, runs):
+        order.append(sess.path)
+        m = next(medians[sess.path])
+        return LatencyStats(m, m, m, 0.0, runs, warmup, "fake", "0", 1)
+
+    monkeypatch.setattr(runtimes, "open_session", lambda p, **kw: FakeSession(p))
+    monkeypatch.setattr(runtimes, "time_session", fake_time)
+    t = load_target("host-onnxruntime")
+    a, b = measure_mod.time_artifacts(["a", "b"], t)
+    assert order == ["a", "b"] * t.measure.passes == ["a", "b"] * 3  # interleaved, not a,a,a,b,b,b
+    assert (a.median_ms, a.pass_medians_ms, a.passes) == (1.0, (2.0, 1.0, 3.0), 3)
+    assert (b.median_ms, b.pass_medians_ms) == (4.0, (5.0, 6.0, 4.0))
+    assert b.pass_spread == pytest.approx(0.5)
+    assert "fastest of 3 passes" in str(a) and a.to_dict()["pass_medians_ms"] == [2.0, 1.0, 3.0]
+
+
+def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
+    from edgeprune import convert
+    from edgeprune.profiling.latency import dense_copy
+
+    fresh = models.create("resnet20")
+    with torch.no_grad():  # zero-gamma residual branches (zero-init, or gates driven to zero)
+        for block in (*fresh.layer1, *fresh.layer2, *fresh.layer3):
+            block.bn2.weight.zero_()
+    x = torch.zeros(1, 3, 32, 32)
+    folded = convert.tflite_op_names(convert.to_tflite(fresh, tmp_path / "fresh.tflite", x))
+    dense = dense_copy(fresh)
+    kept = convert.tflite_op_names(convert.to_tflite(dense, tmp_path / "dense.tflite", x))
+    # 19 3x3 convs + 2 projection shortcuts; zero branches are folded away by the converter
+    assert kept.count("CONV_2D") == 21
+    assert folded.count("CONV_2D") < 21
+    assert float(fresh.layer1[0].bn2.weight.abs().sum()) == 0.0  # the original is untouched
+    assert torch.equal(dense.layer1[0].bn2.weight, torch.ones(16))
+
+
+def test_remainder_fit_recovers_scale_and_intercept_golden():
+    from edgeprune.profiling.latency import _fit_remainder
+
+    calib = [{"layers_ms": v, "measured_ms": 1.1 * v - 0.05} for v in (2.0, 1.0, 0.4)]
+    intercept, scale = _fit_remainder(calib)
+    assert scale == pytest.approx(1.1) and intercept == pytest.approx(-0.05)
+    # a non-positive scale would price wider layers as free: refused, gap kept as intercept
+    broken = [{"layers_ms": v, "measured_ms": m} for v, m in ((2.0, 1.0), (1.0, 1.5), (0.4, 1.8))]
+    intercept, scale = _fit_remainder(broken)
+    assert scale == 1.0 and intercept == pytest.approx((-1.0 + 0.5 + 1.4) / 3)
+
+
+def test_prediction_is_scaled_tables_plus_intercept(mini):
+    model, prof = mini
+    units = prof.units(model)
+    tables = sum(prof.layer_ms(u) for u in units)
+    assert prof.predict_ms(model) == pytest.approx(prof.layer_scale * tables + prof.remainder_intercept_ms)
+    parts = prof.breakdown(model)
+    assert sum(parts.values()) == pytest.approx(prof.predict_ms(model))
+    assert prof.layer_scale > 0
+
+
+def test_a_plain_script_without_main_guard_can_profile(tmp_path):
+    """Converter workers are `python -m` processes: nothing re-imports the caller's script
+    (a spawn pool would run it again in each worker, and die with BrokenProcessPool). Widths
+    32 with round_to 16 give 8 grid points, enough for the two workers to start."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "import edgeprune\n"
+        "print('script body ran')\n"
+        "model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
+        "                      nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),\n"
+        "                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()\n"
+        "prof = edgeprune.profile(model, target='host-litert', input_shape=(3, 16, 16), max_points=2,\n"
+        "                         workers=2)\n"
+        "print('predicted', prof.predict_ms(model) > 0)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("script body ran") == 1, proc.stdout
+    assert "predicted True" in proc.stdout

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.pruning.ista import group_soft_threshold
+from edgeprune.pruning.select import select_channels
+
+
+def test_group_soft_threshold_golden():
+    g = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0], [-6.0, 8.0]])
+    out = group_soft_threshold(g, 1.0)
+    expected = torch.tensor([[2.4, 3.2], [0.0, 0.0], [0.0, 0.0], [-5.4, 7.2]])  # x(1 - 1/5), 0, 0, x0.9
+    assert torch.allclose(out, expected)
+    assert (out[1] == 0).all() and (out[2] == 0).all()  # exactly zero, not tiny
+    assert torch.equal(group_soft_threshold(g, 0.0), g)
+    with pytest.raises(ValueError):
+        group_soft_threshold(g, -1.0)
+
+
+def _linear_latency(cost):
+    return lambda widths: sum(cost[g] * w for g, w in widths.items())
+
+
+SENS = {"a": np.ones(4), "b": np.ones(4), "c": np.full(4, 10.0)}
+COST = {"a": 1.0, "b": 3.0, "c": 3.0}  # ms per channel
+
+
+def test_selection_golden_three_groups():
+    # full latency 4 + 12 + 12 = 28 ms; budget 22 needs 6 ms saved. Per 2-channel block:
+    # a: value 2 / 2 ms = 1.0; b: 2 / 6 ms = 0.33; c: 20 / 6 ms = 3.3 -> drop a block of b
+    sel = select_channels(SENS, _linear_latency(COST), 22.0, round_to=2, min_width=2)
+    assert sel.widths == {"a": 4, "b": 2, "c": 4}
+    assert sel.predicted_cost == pytest.approx(22.0) and sel.met_budget
+    # budget 20: b is at its floor; the next best is a (1.0) before c (3.3): 22 -> 20 ms
+    sel = select_channels(SENS, _linear_latency(COST), 20.0, round_to=2, min_width=2)
+    assert sel.widths == {"a": 2, "b": 2, "c": 4} and sel.predicted_cost == pytest.approx(20.0)
+    # budget 19: only c is left to thin: 20 -> 14 ms
+    sel = select_channels(SENS, _linear_latency(COST), 19.0, round_to=2, min_width=2)
+    assert sel.widths == {"a": 2, "b": 2, "c": 2} and sel.predicted_cost == pytest.approx(14.0)
+    assert sel.met_budget
+    # an unreachable budget stops at the floors and says so
+    sel = select_channels(SENS, _linear_latency(COST), 10.0, round_to=2, min_width=2)
+    assert sel.widths == {"a": 2, "b": 2, "c": 2} and not sel.met_budget
+
+
+def test_selection_keeps_the_most_sensitive_channels():
+    sens = {"a": np.array([5.0, 0.1, 4.0, 0.2])}
+    sel = select_channels(sens, _linear_latency({"a": 1.0}), 2.0, round_to=1, min_width=1)
+    assert sel.keep["a"].tolist() == [0, 2]
+
+
+def test_latency_weighting_switch_changes_the_choice():
+    # without latency weighting a and b tie on value (2 each); a is taken (name order),
+    # saving only 2 ms, so a second block must go too
+    sel = select_channels(SENS, _linear_latency(COST), 22.0, round_to=2, min_width=2,
+                          latency_weighting=False)
+    assert sel.widths != {"a": 4, "b": 2, "c": 4}
+    assert sel.widths["a"] == 2
+
+
+def test_selection_respects_round_to_and_min_width():
+    sens = {"a": np.arange(20, dtype=float)}
+    sel = select_channels(sens, _linear_latency({"a": 1.0}), 0.0, round_to=8, min_width=8)
+    assert sel.widths == {"a": 8} and not sel.met_budget  # 20 -> 16 -> 8, never below 8

@@ -1,0 +1,270 @@
+"""The pruning loop end to end on small models: budgets met, removal lossless, switches
+effective, runs reproducible, bad input refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeprune
+from edgeprune import data
+from edgeprune.errors import ConfigError, DataError
+from edgeprune.graph.layers import layer_units
+from edgeprune.pruning import PruneConfig, PruneResult
+from edgeprune.pruning.cost import Cost
+from edgeprune.pruning.pruner import run, stage_outputs
+from tests.nets import FAST, CatSE, random_batches, randomize_bn, small_cnn
+
+ROOT = Path(__file__).resolve().parents[2]
+def macs_of(model: nn.Module, hw: int = 16) -> float:
+    """Millions of MACs counted by torch's own FLOP counter (2 FLOPs a MAC), independently of
+    the layer units edgeprune prices."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, hw, hw))
+    model.train(was)
+    return counter.get_total_flops() / 2 / 1e6
+
+
+def test_unlabeled_npy_source_end_to_end_meets_the_budget(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.integers(0, 256, size=(160, 16, 16, 3), dtype=np.uint8))
+    src = data.open(str(tmp_path / "x.npy"), size=(16, 16))
+    assert not src.has_labels
+    batches = data.Batches(src, 16, fixed_batches=2, augment=True)
+    model = small_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    res = edgeprune.prune(model, batches, target="macs", budget_ratio=0.5, config=FAST,
+                          on_progress=seen.append)
+    assert isinstance(res, PruneResult) and res.cost_unit == "MMACs"
+    assert res.budget == pytest.approx(0.5 * macs_of(model))
+    assert res.predicted_cost <= res.budget
+    assert macs_of(res.model) == pytest.approx(res.predicted_cost)  # torch counts it that small too
+    assert res.removal_max_abs_diff <= 1e-4
+    assert res.params_after < res.params_before and res.macs_after < res.macs_before
+    assert sum(res.group_widths_after.values()) < sum(res.group_widths_before.values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
+    assert [p.step for p in seen] == list(range(1, 31)) and "MMACs" in seen[-1].metrics
+    assert res.history and res.history[-1]["step"] == 30
+    assert "budget" in str(res) and "c3.0" in str(res)
+
+
+def _as_if_measured_here(profile_path, tmp_path):
+    """The committed profile, its host rewritten to this machine's: the pruner only reads the
+    tables (which machine they describe is the profile's own business, tested elsewhere)."""
+    from edgeprune.profiling.latency import host_identity
+
+    d = json.loads(profile_path.read_text())
+    d["host"] = host_identity()
+    out = tmp_path / "here.json"
+    out.write_text(json.dumps(d))
+    return out
+
+
+def test_prunes_toward_milliseconds_from_a_committed_latency_profile(tmp_path):
+    model = edgeprune.models.create("resnet20")
+    torch.manual_seed(0)
+    randomize_bn(model)
+    committed = ROOT / "profiles" / "host-litert" / "resnet20.json"
+    res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
+                          profile=_as_if_measured_here(committed, tmp_path), budget_ratio=0.7,
+                          config=PruneConfig(steps=12, update_interval=2))
+    assert res.cost_unit == "ms" and res.cost_source == "measured"
+    assert res.predicted_cost <= res.budget == pytest.approx(0.7 * res.baseline_cost)
+    assert res.removal_max_abs_diff <= 1e-4
+    assert res.group_widths_after != res.group_widths_before
+
+
+def test_a_host_profile_measured_on_another_machine_is_refused(tmp_path):
+    """A host-* profile describes the machine that measured it; pruning with another CPU's
+    tables would budget for that machine (the README's quickstart did, silently)."""
+    from edgeprune.errors import ProfileError
+    from edgeprune.profiling import LatencyProfile
+
+    d = json.loads((ROOT / "profiles" / "host-litert" / "resnet20.json").read_text())
+    d["host"] = {**d["host"], "cpu": "Imaginary CPU 9000"}
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps(d))
+    model = edgeprune.models.create("resnet20")
+    batches = random_batches(n=4, batch=8, hw=32)
+    with pytest.raises(ProfileError, match="Imaginary CPU 9000.*edgeprune profile --target host-litert"):
+        edgeprune.prune(model, batches, target="host-litert", profile=path, budget_ratio=0.7)
+    record = LatencyProfile.load(path, check_host=False)  # readable as a record, e.g. to compare
+    with pytest.raises(ProfileError, match="Imaginary CPU 9000"):
+        edgeprune.prune(model, batches, target="host-litert", profile=record, budget_ratio=0.7)
+
+
+def test_concatenation_and_squeeze_excitation_prune_end_to_end():
+    torch.manual_seed(0)
+    model = randomize_bn(CatSE())
+    res = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6, config=FAST)
+    assert res.predicted_cost <= res.budget
+    assert res.removal_max_abs_diff <= 1e-4
+    assert res.group_widths_after["se2"] < 16 or res.group_widths_after["c.0"] < 8
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the refusal is for one without")
+def test_cuda_refused_where_there_is_none():
+    with pytest.raises(ConfigError, match="device='cuda' is not available"):
+        edgeprune.prune(small_cnn(), random_batches(), target="macs", budget_ratio=0.6,
+                        config=FAST.replace(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pruning_on_cuda_returns_a_smaller_cpu_model_removed_losslessly():
+    res = edgeprune.prune(small_cnn(), random_batches(), target="macs", budget_ratio=0.6,
+                          config=FAST.replace(device="cuda"))
+    assert res.predicted_cost <= res.budget and res.removal_max_abs_diff <= 1e-4
+    assert all(p.device.type == "cpu" for p in res.model.parameters())
+    assert sum(res.group_widths_after.values()) < sum(res.group_widths_before.values())
+
+
+def test_same_seed_same_result():
+    a = run(small_cnn(), random_batches(), cost=_MacsLike(small_cnn()), budget=0.4, target="t",
+            round_to=1, config=FAST)
+    b = run(small_cnn(), random_batches(), cost=_MacsLike(small_cnn()), budget=0.4, target="t",
+            round_to=1, config=FAST)
+    assert a.group_widths_after == b.group_widths_after
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class _MacsLike(Cost):
+    """MACs, with an optional price per channel of one layer's output (a crafted profile)."""
+
+    unit = "ms"
+    source = "estimate"
+
+    def __init__(self, model: nn.Module, extra: dict[str, float] | None = None) -> None:
+        self.units = layer_units(model, (3, 16, 16))
+        self.extra = extra or {}
+
+    def __call__(self, widths=None) -> float:
+        widths = widths or {}
+        total = 0.0
+        for u in self.units:
+            ci, co = widths.get(u.path, (u.c_in, u.c_out))
+            total += u.macs(ci, co) / 1e6 + self.extra.get(u.path, 0.0) * co
+        return total
+
+    def of_model(self, model: nn.Module) -> float:
+        self.units, saved = layer_units(model, (3, 16, 16)), self.units
+        try:
+            return self()
+        finally:
+            self.units = saved
+
+
+def test_latency_weighting_switch_changes_what_is_pruned():
+    # a crafted profile: each of c1's output channels costs 1 ms, every other channel ~0.05 ms.
+    # With latency weighting the budget is met by cutting c1 alone; plain Taylor ranking
+    # (sensitivity only) also removes cheap, low-sensitivity channels of c2/c3
+    cost = _MacsLike(small_cnn(), extra={"c1.0": 1.0})
+    budget = cost() - 4.5
+    on = run(small_cnn(), random_batches(), cost=cost, budget=budget, target="t", round_to=4,
+             config=FAST)
+    off = run(small_cnn(), random_batches(), cost=cost, budget=budget, target="t", round_to=4,
+              config=FAST.replace(latency_weighting=False))
+    assert on.predicted_cost <= budget and off.predicted_cost <= budget
+    assert on.group_widths_after["c1.0"] < 16
+    assert on.group_widths_after["c2.0"] == 16 and on.group_widths_after["c3.0"] == 32
+    assert off.group_widths_after["c2.0"] + off.group_widths_after["c3.0"] < 48
+
+
+def test_dynamic_set_switch_fixes_the_set_after_the_first_choice():
+    cost = _MacsLike(small_cnn())
+    kw = dict(cost=cost, budget=0.5 * cost(), target="t", round_to=1)
+    dyn = run(small_cnn(), random_batches(), config=FAST, **kw)
+    fixed = run(small_cnn(), random_batches(), config=FAST.replace(dynamic_set=False), **kw)
+    chosen = [len(h["selected"]) > 0 for h in fixed.history]
+    assert chosen.count(True) == 1 and chosen[0]
+    assert sum(len(h["selected"]) > 0 for h in dyn.history) > 2
+    # the fixed set was chosen against the final budget at once: sparse from the first check on
+    assert fixed.history[1]["sparsity"] > dyn.history[1]["sparsity"]
+    assert fixed.predicted_cost <= 0.5 * cost() and dyn.predicted_cost <= 0.5 * cost()
+
+
+def test_feature_and_mutual_learning_switches():
+    cost = _MacsLike(small_cnn())
+    kw = dict(cost=cost, budget=0.5 * cost(), target="t", round_to=1)
+    both = run(small_cnn(), random_batches(), config=FAST, **kw)
+    neither = run(small_cnn(), random_batches(),
+                  config=FAST.replace(feature_loss=False, mutual_learning=False), **kw)
+    trained = [h for h in both.history if "feat" in h]  # checks after training steps
+    assert trained and all(h["feat"] > 0 and h["ml"] > 0 for h in trained)
+    off = [h for h in neither.history if "feat" in h]
+    assert off and all(h["feat"] == 0 and h["ml"] == 0 for h in off)
+    one = run(small_cnn(), random_batches(), config=FAST.replace(students=1), **kw)
+    alone = [h for h in one.history if "ml" in h]
+    assert len(one.student_kl) == 1 and alone and all(h["ml"] == 0 for h in alone)
+
+
+def test_stage_outputs_are_the_last_module_per_resolution():
+    assert stage_outputs(edgeprune.models.create("resnet20"), torch.zeros(1, 3, 32, 32)) == \
+        ["layer1", "layer2", "layer3"]
+    assert stage_outputs(small_cnn(), torch.zeros(1, 3, 16, 16)) == ["c2.2", "c3"]  # c2.2: the ReLU before the pool
+
+
+def test_bad_inputs_are_refused_with_clear_errors():
+    model, batches = small_cnn(), random_batches()
+    with pytest.raises(ConfigError, match="exactly one of budget_ms"):
+        edgeprune.prune(model, batches, target="macs")
+    with pytest.raises(ConfigError, match="exactly one of budget_ms"):
+        edgeprune.prune(model, batches, target="macs", budget_ms=1.0, budget_ratio=0.5)
+    with pytest.raises(ConfigError, match="budget_ratio=1.5"):
+        edgeprune.prune(model, batches, target="macs", budget_ratio=1.5)
+    with pytest.raises(ConfigError, match="below the smallest reachable"):
+        edgeprune.prune(model, batches, target="macs", budget_ms=1e-6, config=FAST)
+    with pytest.raises(DataError, match="one-shot iterator"):
+        edgeprune.prune(model, iter(batches), target="macs", budget_ratio=0.5, config=FAST)
+    with pytest.raises(DataError, match="float NCHW"):
+        edgeprune.prune(model, [torch.zeros(4, 16)] * 4, target="macs", budget_ratio=0.5, config=FAST)
+    with pytest.raises(DataError, match="heldout_batches=2"):
+        edgeprune.prune(model, batches[:2], target="macs", budget_ratio=0.5, config=FAST)
+    with pytest.raises(ConfigError, match="too few"):
+        edgeprune.prune(model, batches, target="macs", budget_ratio=0.5,
+                        config=PruneConfig(steps=10, update_interval=25))
+    with pytest.raises(ConfigError, match="feature point"):
+        edgeprune.prune(model, batches, target="macs", budget_ratio=0.5,
+                        config=FAST.replace(feature_points=("nope",)))
+    with pytest.raises(ConfigError, match="takes no latency profile"):
+        edgeprune.prune(model, batches, target="macs", budget_ratio=0.5, profile="x.json")
+
+
+def test_labels_in_batches_are_ignored():
+    batches = random_batches()
+    with_labels = [(x, torch.zeros(len(x), dtype=torch.long)) for x in batches]
+    cost = _MacsLike(small_cnn())
+    a = run(small_cnn(), batches, cost=cost, budget=0.5 * cost(), target="t", round_to=1, config=FAST)
+    b = run(small_cnn(), with_labels, cost=cost, budget=0.5 * cost(), target="t", round_to=1, config=FAST)
+    assert a.group_widths_after == b.group_widths_after
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"students": 0}, "students=0"),
+    ({"ramp": "quadratic"}, "ramp='quadratic'"),
+    ({"ramp_end": 0.95, "select_until": 0.9}, "ramp_end=0.95"),
+    ({"ema": 1.0}, "ema=1.0"),
+    ({"lambda_growth": 1.0}, "lambda_growth=1.0"),
+    ({"feature_points": "layer1"}, "feature_points='layer1'"),
+    ({"latency_weighting": "yes"}, "latency_weighting='yes'"),
+])
+def test_config_validation(change, msg):
+    with pytest.raises(ConfigError, match=msg):
+        PruneConfig(**change)
+
+
+def test_config_dict_round_trip_rejects_unknown_keys():
+    cfg = PruneConfig(students=3, feature_points=("layer1", "layer3"), dynamic_set=False)
+    assert PruneConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown PruneConfig keys \\['studnets'\\]"):
+        PruneConfig.from_dict({"studnets": 2})
