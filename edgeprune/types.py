@@ -93,6 +93,7 @@ class LatencyStats:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
     passes: int = 1
     pass_medians_ms: tuple[float, ...] = ()
+    device: dict[str, Any] | None = field(default=None, repr=False)  # the agent's info, if remote
 
     @property
     def pass_spread(self) -> float:
@@ -108,6 +109,8 @@ class LatencyStats:
         )
         if self.passes > 1:
             s += f" (fastest of {self.passes} passes; spread {100 * self.pass_spread:.1f}%)"
+        if self.device is not None:
+            s += f" on {self.device.get('cpu')} ({self.device.get('machine')}, {self.device.get('hostname')})"
         return s
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +126,7 @@ class LatencyStats:
             "threads": self.threads,
             "passes": self.passes,
             "pass_medians_ms": list(self.pass_medians_ms),
+            **({"device": self.device} if self.device is not None else {}),
         }
 
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 emu = edgeprune.validate(bundle, data.batches(test, a.arm64_images, mean=spec.input.mean,
                                                               std=spec.input.std),
                                          on=["arm64-emulated"], max_images=a.arm64_images)
-                report = type(report)(report.bundle, report.checks + emu.checks)
+                report = report + emu
         name = ck.parent.name if ck.name == "model.safetensors" else ck.stem
         for art in bundle.artifacts:
             checks = {c.platform.split(" ")[0]: c for c in report.checks if c.artifact == art.file}

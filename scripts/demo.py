@@ -148,7 +148,7 @@ def _demo(a: argparse.Namespace) -> int:
     if arm64.available():
         emu = edgeprune.validate(bundle, data.batches(checks, n_arm64, mean=ispec.mean, std=ispec.std),
                                  on=["arm64-emulated"], max_images=n_arm64)
-        report = type(report)(report.bundle, report.checks + emu.checks)
+        report = report + emu
         where += f", the first {n_arm64} on aarch64 runtimes under QEMU"
     print(f"\nvalidation of the bundle on {where}:\n{report}")
     if not arm64.available():

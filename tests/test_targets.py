@@ -3,8 +3,9 @@ import pytest
 from edgeprune.errors import ConfigError, TargetNotFoundError
 from edgeprune.targets import Target, load_target, target_names
 
-SHIPPED = ["android-arm64-litert", "host-litert", "host-litert-int8", "host-onnxruntime",
-           "iphone-coreml", "macs", "raspberry-pi-4-litert", "raspberry-pi-5-litert"]
+SHIPPED = ["android-arm64-litert", "arm64-emulated", "arm64-emulated-cortex-a72", "host-litert",
+           "host-litert-int8", "host-onnxruntime", "iphone-coreml", "macs", "raspberry-pi-4-litert",
+           "raspberry-pi-5-litert"]
 
 
 def test_shipped_targets_all_load():
@@ -22,6 +23,10 @@ def test_host_litert_fields():
     assert (t.measure.warmup, t.measure.runs, t.measure.passes) == (10, 50, 3)
     assert load_target("raspberry-pi-4-litert").connection.startswith("agent://")
     assert load_target("macs").is_analytical
+    pi = load_target("raspberry-pi-4-litert")
+    assert pi.is_device and not pi.is_emulated and pi.token_env == "EDGEPRUNE_PI4_TOKEN"
+    emu = load_target("arm64-emulated")
+    assert emu.is_device and emu.is_emulated and emu.connection == "qemu://neoverse-n1"
 
 
 def test_unknown_target_lists_known():
@@ -42,6 +47,10 @@ def _write(tmp_path, body, name="mydev"):
     ('name = "mydev"\nruntime = "litert"\nround_to = 0\n', "round_to = 0"),
     ('name = "mydev"\nruntime = "litert"\nprecision = "int4"\n', "precision = 'int4'"),
     ('name = "mydev"\nruntime = "litert"\nconnection = "usb"\n', "connection = 'usb'"),
+    ('name = "mydev"\nruntime = "litert"\nconnection = "agent://pi"\n', "needs a host and a port"),
+    ('name = "mydev"\nruntime = "litert"\ntoken_env = "my token"\n', "token_env = 'my token'"),
+    ('name = "mydev"\nruntime = "litert"\nremote_python = "python3; rm -rf ~"\n', "remote_python"),
+    ('name = "mydev"\nruntime = "litert"\ntimeout_s = 0\n', "timeout_s = 0"),
     ('name = "mydev"\nruntime = "litert"\nthread = 2\n', "['thread']"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\nruns = 2\n', "measure.runs = 2"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\nrepeat = 2\n', "measure.repeat"),

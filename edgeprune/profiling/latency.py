@@ -298,11 +298,9 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     interpolation between). ``cache``: an earlier profile of the same target, runtime version
     and host whose measured points are reused, so re-profiling is incremental. ``workers``:
     processes converting single-layer models (default: 2 for LiteRT, whose converter is
-    slow, else 1); timing is always sequential.
+    slow, else 1); timing is always sequential. A device target is timed on the device through
+    its agent, and the agent's ``info`` is the profile's ``host``.
     """
-    from edgeprune._version import __version__
-    from edgeprune.graph import group_structure, shrink_to_widths
-
     t = load_target(target)
     check_measurable(t)
     if max_points < 2:
@@ -315,8 +313,28 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     if len(shape) != 3:
         raise ConfigError(f"input_shape {shape} is invalid; give (C, H, W)")
     t0 = time.perf_counter()
-    version = runtime_version(t.runtime)
-    host = host_identity()
+    device = None
+    if t.is_device:  # measured on the device: its agent's info is the profile's provenance
+        from edgeprune.runtimes.device import connect
+
+        device = connect(t)
+        version, host = device.runtime_version(t.runtime), device.info()
+    else:
+        version, host = runtime_version(t.runtime), host_identity()
+    try:
+        return _profile(model, t, shape, max_points, cache, workers, on_progress, t0, version, host,
+                        device)
+    finally:
+        if device is not None:
+            device.close()
+
+
+def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: int,
+             cache: LatencyProfile | None, workers: int, on_progress, t0: float, version: str,
+             host: dict[str, Any], device) -> LatencyProfile:
+    from edgeprune._version import __version__
+    from edgeprune.graph import group_structure, shrink_to_widths
+
     cached = _cache_points(cache, t, version, host)
     units = layer_units(model, shape)  # the caller's model is only read
     plan = _points_needed(units, t.round_to, max_points)
@@ -344,7 +362,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
         # passes, so no conversion runs beside a timed run and drift hits all points alike
         paths = _convert_points(todo, t, Path(d), workers, lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
         keys = list(paths)
-        stats = time_artifacts([probe, *(paths[k] for k in keys)], t,
+        stats = time_artifacts([probe, *(paths[k] for k in keys)], t, device=device,
                                on_pass=lambda i, n: tick(f"timing {i}/{n}"))
         overhead = stats[0].median_ms
         points = dict(cached)
@@ -367,7 +385,8 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
             variants.append(variant)
             calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
             tick(f"convert end-to-end keep {keep}")
-        calib_stats = time_artifacts(calib_paths, t, on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        calib_stats = time_artifacts(calib_paths, t, device=device,
+                                     on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
         calib = []
         for keep, variant, st in zip(CALIBRATION_KEEP, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)

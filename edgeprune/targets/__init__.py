@@ -23,7 +23,10 @@ else:  # pragma: no cover - Python 3.10
 TARGETS_DIR = Path(__file__).resolve().parent
 RUNTIMES = ("litert", "onnxruntime", "coreml", "macs")
 PRECISIONS = ("fp32", "fp16", "int8")
-CONNECTION_SCHEMES = ("local", "agent://", "ssh://")
+# local: this machine; agent://HOST:PORT: an `edgeprune agent --listen` over HTTP;
+# ssh://[USER@]HOST[:PORT]: the agent streamed to the device's python3 over ssh (stdio);
+# qemu://CPU: the emulated aarch64 runtime of `make arm64-runtime` (stdio; never timed)
+CONNECTION_SCHEMES = ("local", "agent://", "ssh://", "qemu://")
 # what each runtime's ``delegate`` may name; the first is the default. LiteRT: "xnnpack" (its
 # default delegate, on) or "none" (builtin kernels only); ONNX Runtime: its CPU provider;
 # CoreML: the compute units a device may use (not run by edgeprune off Apple hardware).
@@ -64,6 +67,9 @@ class Target:
     connection: str = "local"
     description: str = ""
     device: str = ""
+    token_env: str = ""  # agent://: the environment variable that holds the agent's token
+    remote_python: str = "python3"  # ssh://: the device's Python (with numpy and the runtime)
+    timeout_s: float = 30.0  # reaching the device: a clear error after this long
     measure: MeasureProtocol = field(default_factory=MeasureProtocol)
     path: str | None = None
 
@@ -88,11 +94,38 @@ class Target:
             raise ConfigError(f"{where}: round_to = {self.round_to!r} is invalid; need an integer >= 1")
         if not isinstance(self.connection, str) or not self.connection.startswith(CONNECTION_SCHEMES):
             raise ConfigError(f"{where}: connection = {self.connection!r} is invalid; use 'local', "
-                              "'agent://host:port' or 'ssh://user@host'")
+                              "'agent://host:port', 'ssh://user@host' or 'qemu://cpu'")
+        if self.connection.startswith("agent://"):
+            host, _, port = self.connection[len("agent://"):].rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{where}: connection = {self.connection!r} needs a host and a port, "
+                                  "e.g. 'agent://raspberrypi.local:7420'")
+        if self.connection.startswith(("ssh://", "qemu://")) and len(self.connection.split("://", 1)[1]) == 0:
+            raise ConfigError(f"{where}: connection = {self.connection!r} names no host or CPU")
+        if not isinstance(self.token_env, str) or (self.token_env and not self.token_env.isidentifier()):
+            raise ConfigError(f"{where}: token_env = {self.token_env!r} must name an environment "
+                              "variable, e.g. 'EDGEPRUNE_PI4_TOKEN' (the token itself never goes in a file)")
+        if not isinstance(self.remote_python, str) or not self.remote_python.strip() or any(
+                c in self.remote_python for c in ";&|`$\n"):
+            raise ConfigError(f"{where}: remote_python = {self.remote_python!r} must be a path to the "
+                              "device's python, e.g. '~/edgeprune/bin/python'")
+        if not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            raise ConfigError(f"{where}: timeout_s = {self.timeout_s!r} is invalid; need seconds > 0")
 
     @property
     def is_local(self) -> bool:
+        """Runs on this machine, in this process's runtimes."""
         return self.connection == "local"
+
+    @property
+    def is_emulated(self) -> bool:
+        """The emulated aarch64 runtime: computes like the device, times like nothing."""
+        return self.connection.startswith("qemu://")
+
+    @property
+    def is_device(self) -> bool:
+        """Reached through the device agent (HTTP, ssh or emulation)."""
+        return not self.is_local
 
     @property
     def is_analytical(self) -> bool:
@@ -103,6 +136,8 @@ class Target:
             "name": self.name, "runtime": self.runtime, "precision": self.precision,
             "threads": self.threads, "delegate": self.delegate, "round_to": self.round_to,
             "connection": self.connection, "description": self.description, "device": self.device,
+            "token_env": self.token_env, "remote_python": self.remote_python,
+            "timeout_s": self.timeout_s,
             "measure": {"warmup": self.measure.warmup, "runs": self.measure.runs,
                         "passes": self.measure.passes},
         }
@@ -111,7 +146,7 @@ class Target:
     def from_dict(cls, d: dict[str, Any], *, path: str | None = None) -> Target:
         d = dict(d)
         known = {"name", "runtime", "precision", "threads", "delegate", "round_to", "connection",
-                 "description", "device", "measure"}
+                 "description", "device", "token_env", "remote_python", "timeout_s", "measure"}
         unknown = sorted(set(d) - known)
         where = f"target {d.get('name', path)!r}"
         if unknown:

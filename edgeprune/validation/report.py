@@ -1,13 +1,15 @@
-"""``edgeprune.validate(bundle, data, on=("host", "arm64-emulated"))``: every artifact of a
+"""``edgeprune.validate(bundle, data, on=("host", "arm64-emulated", ...))``: every artifact of a
 bundle run on its runtime and compared with the bundle's PyTorch checkpoint.
 
 Per artifact and platform: max abs / max relative error of the logits, top-1 agreement,
 SQNR (dB) for int8 (of the logits inside the artifact's int8 output range), top-1 accuracy when the data has labels, the runtime version, and a
 status: ``pass``, ``fail`` or ``not checked`` (with the reason: CoreML off macOS is run by
 the numpy reference interpreter; an op it does not cover is ``not checked``, never
-``pass``). On ``arm64-emulated`` the TFLite and ONNX artifacts also run on aarch64 builds
-of their runtimes under QEMU, compared with PyTorch and with the x86 runtime; timing there
-is meaningless and never reported.
+``pass``). ``on`` names where: ``"host"`` (this machine's runtimes) or any device target
+(``arm64-emulated``: the aarch64 builds under QEMU; ``raspberry-pi-4-litert``, ...: a real
+device), whose TFLite and ONNX artifacts run through the device agent and are compared with
+PyTorch and with this machine's runtime; the report keeps each device's ``info``. Timing
+there is never part of validation.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from edgeprune.errors import ConfigError, EdgepruneError
 from edgeprune.types import Progress
 
-PLATFORMS = ("host", "arm64-emulated")
+HOST = "host"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ CROSS_FP32 = 1e-5  # aarch64 vs x86 runtime, fp32 artifacts, absolute; int8 must
 class Check:
     artifact: str
     format: str
-    platform: str  # "host (x86_64)", "arm64-emulated (neoverse-n1)"
+    platform: str  # "host (x86_64)", "arm64-emulated (aarch64, qemu://neoverse-n1)"
     runtime: str
     runtime_version: str
     status: str  # pass | fail | not checked
@@ -72,13 +74,19 @@ class Check:
 class ValidationReport:
     bundle: str
     checks: tuple[Check, ...]
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> its agent's info
 
     @property
     def ok(self) -> bool:
         return all(c.status != "fail" for c in self.checks)
 
+    def __add__(self, other: ValidationReport) -> ValidationReport:
+        """The checks of two reports of the same bundle (e.g. host and a device) in one."""
+        return ValidationReport(self.bundle, self.checks + other.checks, {**self.devices, **other.devices})
+
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"bundle": self.bundle, "ok": self.ok, "checks": [asdict(c) for c in self.checks],
+                "devices": self.devices}
 
     def __str__(self) -> str:
         def f(v, fmt):
@@ -97,21 +105,25 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate(bundle, data: Iterable, *, on: Sequence[str] = ("host",), arm64_cpu: str = "neoverse-n1",
-             max_images: int = 1000,
+def validate(bundle, data: Iterable, *, on: Sequence[str] = (HOST,), max_images: int = 1000,
              on_progress: Callable[[Progress], None] | None = None) -> ValidationReport:
     """Check every artifact of ``bundle`` (a :class:`Bundle` or its directory) on ``data``:
-    normalised NCHW batches, or (x, labels) tuples for accuracy (first ``max_images``). The
-    artifacts run on their runtimes (:mod:`edgeprune.runtimes`); this module only compares."""
+    normalised NCHW batches, or (x, labels) tuples for accuracy (first ``max_images``), on
+    each of ``on`` ("host" or device targets). The artifacts run on their runtimes
+    (:mod:`edgeprune.runtimes`); this module only compares."""
     from edgeprune.bundle.artifacts import Bundle
     from edgeprune.data import input_of
     from edgeprune.models.checkpoint import load
+    from edgeprune.targets import load_target
     from edgeprune.train import logits_of
 
     on = tuple(on)
-    bad = [p for p in on if p not in PLATFORMS]
-    if bad or not on:
-        raise ConfigError(f"unknown validation platform(s) {bad}; choose from {list(PLATFORMS)}")
+    if not on:
+        raise ConfigError("validate on nothing: give on=('host', ...) or device targets")
+    targets = {p: load_target(p) for p in on if p != HOST}  # an unknown name fails here
+    local = [p for p, t in targets.items() if not t.is_device]
+    if local:
+        raise ConfigError(f"target(s) {local} run on this machine: validate on 'host' for them")
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     model = load(bundle.source_checkpoint)
@@ -131,53 +143,94 @@ def validate(bundle, data: Iterable, *, on: Sequence[str] = ("host",), arm64_cpu
     labels = torch.cat(ys)[:max_images].numpy() if len(ys) == len(xs) else None
     ref = logits_of(model, x)
     ref_top1 = float((ref.argmax(1) == labels).mean()) if labels is not None else None
+    xn = x.numpy()
 
     checks: list[Check] = []
-    jobs = [(a, p) for p in on for a in bundle.artifacts if not (p == "arm64-emulated" and a.format == "coreml")]
-    for i, (art, plat) in enumerate(jobs):
-        path = bundle.path / art.file
+    devices: dict[str, dict[str, Any]] = {}
+    total = sum(len(bundle.artifacts) for _ in on)
+    done = 0
+    for plat in on:
+        runner = _HostRunner() if plat == HOST else _DeviceRunner(targets[plat])
         try:
-            got, runtime, version, where, x86 = _run(art, path, x.numpy(), plat, arm64_cpu)
-        except _NotChecked as e:
-            checks.append(Check(art.file, art.format, e.where, art.runtime, "-", "not checked",
-                                reasons=(str(e),)))
-            continue
-        except EdgepruneError as e:  # the artifact does not load or run: that is a failure
-            checks.append(Check(art.file, art.format, plat, art.runtime, "-", "fail", reasons=(str(e),)))
-            continue
-        checks.append(_compare(art, got, ref, labels, ref_top1, runtime, version, where, x86))
-        if on_progress is not None:
-            on_progress(Progress("validate", i + 1, len(jobs), {"artifact": art.file, "platform": plat}))
-    return ValidationReport(str(bundle.path), tuple(checks))
+            if isinstance(runner, _DeviceRunner):
+                devices[plat] = runner.info
+            for art in bundle.artifacts:
+                done += 1
+                try:
+                    got, runtime, version, x86 = runner.run(art, bundle.path / art.file, xn)
+                except _NotChecked as e:
+                    checks.append(Check(art.file, art.format, runner.where, art.runtime, "-",
+                                        "not checked", reasons=(str(e),)))
+                    continue
+                except EdgepruneError as e:  # the artifact does not load or run: a failure
+                    checks.append(Check(art.file, art.format, runner.where, art.runtime, "-", "fail",
+                                        reasons=(str(e),)))
+                    continue
+                checks.append(_compare(art, got, ref, labels, ref_top1, runtime, version,
+                                       runner.where, x86))
+                if on_progress is not None:
+                    on_progress(Progress("validate", done, total, {"artifact": art.file, "platform": plat}))
+        finally:
+            runner.close()
+    return ValidationReport(str(bundle.path), tuple(checks), devices)
 
 
 class _NotChecked(Exception):
-    def __init__(self, msg: str, where: str) -> None:
-        super().__init__(msg)
-        self.where = where
+    pass
 
 
-def _run(art, path: Path, x: np.ndarray, plat: str, cpu: str
-         ) -> tuple[np.ndarray, str, str, str, np.ndarray | None]:
-    """(outputs, runtime, its version, where, the x86 runtime's outputs for an emulated run)."""
-    from edgeprune.runtimes import arm64, open_session
+class _HostRunner:
+    where = f"host ({platform.machine()})"
 
-    host = f"host ({platform.machine()})"
-    if plat == "host":
+    def run(self, art, path: Path, x: np.ndarray) -> tuple[np.ndarray, str, str, None]:
         if art.format == "coreml":
             from edgeprune.runtimes.coreml_ref import UnsupportedOpError, run_mlpackage
 
             try:
-                return run_mlpackage(path, x), "numpy reference", "ML program", host, None
+                return run_mlpackage(path, x), "numpy reference", "ML program", None
             except UnsupportedOpError as e:
-                raise _NotChecked(f"reference interpreter: {e}", host) from e
+                raise _NotChecked(f"reference interpreter: {e}") from e
+        from edgeprune.runtimes import open_session
+
         sess = open_session(path, threads=1)
-        return sess.run_batched(x), sess.runtime, sess.runtime_version, host, None
-    where = f"arm64-emulated ({cpu})"
-    if not arm64.available():
-        raise _NotChecked("aarch64 runtime not built: run scripts/make-arm64-runtime.sh", where)
-    got, runtime, version = arm64.run_like_host(path, x, cpu=cpu)
-    return got, runtime, version, where, open_session(path, threads=1).run_batched(x)
+        return sess.run_batched(x), sess.runtime, sess.runtime_version, None
+
+    def close(self) -> None:
+        pass
+
+
+class _DeviceRunner:
+    """Artifacts on a device through its agent; each is also run here (the x86 reference)."""
+
+    def __init__(self, target) -> None:
+        from edgeprune.runtimes.device import connect
+
+        self.target = target
+        self.device = connect(target)
+        try:
+            self.info = self.device.info()
+        except EdgepruneError:
+            self.device.close()
+            raise
+        self.where = f"{target.name} ({self.info.get('machine')}, {target.connection})"
+
+    def run(self, art, path: Path, x: np.ndarray) -> tuple[np.ndarray, str, str, np.ndarray]:
+        from edgeprune.runtimes import open_session
+
+        if art.format == "coreml":
+            raise _NotChecked("the device agent runs LiteRT and ONNX Runtime, not CoreML")
+        rt = RUNTIME_OF[art.format]
+        if rt not in self.info.get("runtimes", {}):
+            raise _NotChecked(f"the device has no {rt} (its agent reports "
+                              f"{sorted(self.info.get('runtimes', {}))})")
+        got, version = self.device.run_like_host(path, x)
+        return got, rt, version, open_session(path, threads=1).run_batched(x)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+RUNTIME_OF = {"tflite": "litert", "tflite-int8": "litert", "onnx": "onnxruntime", "coreml": "coreml"}
 
 
 def _compare(art, got: np.ndarray, ref: np.ndarray, labels, ref_top1, runtime: str, version: str,

@@ -235,8 +235,12 @@ def test_a_corrupted_artifact_fails_validation(bundle, baseline, tmp_path):
 
 
 def test_validate_refuses_unknown_platforms_and_incomplete_bundles(bundle, tmp_path):
-    with pytest.raises(ConfigError, match="unknown validation platform"):
+    from edgeprune.errors import TargetNotFoundError
+
+    with pytest.raises(TargetNotFoundError, match="unknown target 'gpu'; known: .*arm64-emulated"):
         edgeprune.validate(bundle, [torch.zeros(2, 3, 32, 32)], on=("gpu",))
+    with pytest.raises(ConfigError, match="validate on 'host'"):
+        edgeprune.validate(bundle, [torch.zeros(2, 3, 32, 32)], on=("host-litert",))
     with pytest.raises(ExportError, match="no model.json"):
         Bundle.load(tmp_path)
 
@@ -253,4 +257,5 @@ def test_arm64_emulated_runtimes_agree_with_x86(bundle, baseline):
     rows = {c.format: c for c in report.checks}
     assert rows["tflite"].vs_x86_max_abs <= 1e-5 and rows["onnx"].vs_x86_max_abs <= 1e-5, str(report)
     assert rows["tflite-int8"].vs_x86_max_abs == 0.0, str(report)  # int8: bit-exact
-    assert all(c.platform.startswith("arm64-emulated (neoverse-n1)") for c in report.checks)
+    assert all(c.platform == "arm64-emulated (aarch64, qemu://neoverse-n1)" for c in report.checks)
+    assert report.devices["arm64-emulated"]["machine"] == "aarch64"  # the agent said so, on ARM
