@@ -22,7 +22,8 @@ from edgeprune._version import __version__
 _LAZY = {
     "profile": "edgeprune.api", "measure": "edgeprune.api", "prune": "edgeprune.api",
     "export": "edgeprune.api", "validate": "edgeprune.api", "budget_range": "edgeprune.api",
-    "BudgetRange": "edgeprune.api",
+    "BudgetRange": "edgeprune.api", "check": "edgeprune.api",
+    "Budget": "edgeprune.budgets", "BudgetReport": "edgeprune.budgets",
     "load": "edgeprune.models.checkpoint", "save": "edgeprune.models.checkpoint",
     "read_spec": "edgeprune.models.checkpoint", "ModelSpec": "edgeprune.models.checkpoint",
     "InputSpec": "edgeprune.types", "LatencyStats": "edgeprune.types",
@@ -33,8 +34,8 @@ _LAZY = {
     "ValidationReport": "edgeprune.validation.report",
 }
 # subpackages reachable as attributes (edgeprune.data.open(...)) without an import statement
-_SUBMODULES = ("api", "bundle", "convert", "data", "errors", "graph", "models", "profiling",
-               "pruning", "runtimes", "targets", "train", "types", "validation")
+_SUBMODULES = ("agent", "api", "budgets", "bundle", "convert", "data", "errors", "graph", "models",
+               "profiling", "pruning", "runtimes", "targets", "train", "types", "validation")
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

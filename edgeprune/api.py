@@ -7,6 +7,7 @@ same names across verbs (``target``, ``data``, ``input_shape``, ``on_progress``)
     budget_range(model, *, target, ...)       -> BudgetRange      how far pruning can go
     export(model, out_dir, *, data, config)   -> Bundle           TFLite/int8/CoreML/ONNX
     validate(bundle, data, *, on)             -> ValidationReport artifacts vs PyTorch
+    check(budgets)                            -> BudgetReport     latency budgets, a CI gate
 
 A model needs no edgeprune spec: its input shape comes from ``input_shape=``, else from the
 first batch of ``data``, else from the spec a checkpoint or the zoo gave it. No verb modifies
@@ -28,6 +29,7 @@ from edgeprune.types import LatencyStats, Progress
 if TYPE_CHECKING:
     from torch import nn
 
+    from edgeprune.budgets import Budget, BudgetReport
     from edgeprune.bundle import Bundle, ExportConfig
     from edgeprune.models.checkpoint import ModelSpec
     from edgeprune.profiling.latency import LatencyProfile
@@ -198,15 +200,29 @@ def export(model: nn.Module, out_dir: str | os.PathLike, *, data: Iterable | Non
 
 
 def validate(bundle: Bundle | str | os.PathLike, data: Iterable, *, on: Sequence[str] = ("host",),
-             arm64_cpu: str = "neoverse-n1", max_images: int = 1000,
+             max_images: int = 1000,
              on_progress: Callable[[Progress], None] | None = None) -> ValidationReport:
     """Check every artifact of ``bundle`` against its PyTorch source checkpoint on ``data``
-    (normalised NCHW batches, or (x, labels) for accuracy): on the host's runtimes, and with
-    ``on=("host", "arm64-emulated")`` also on aarch64 builds of LiteRT and ONNX Runtime."""
+    (normalised NCHW batches, or (x, labels) for accuracy) on each of ``on``: "host" (this
+    machine's runtimes) and device targets, reached through their agent (``arm64-emulated``:
+    the aarch64 builds of LiteRT and ONNX Runtime under QEMU; a Raspberry Pi; ...)."""
     from edgeprune.validation.report import validate as run_validation
 
-    return run_validation(bundle, data, on=on, arm64_cpu=arm64_cpu, max_images=max_images,
-                          on_progress=on_progress)
+    return run_validation(bundle, data, on=on, max_images=max_images, on_progress=on_progress)
+
+
+def check(budgets: str | os.PathLike | Sequence[Budget], *,
+          on_progress: Callable[[Progress], None] | None = None) -> BudgetReport:
+    """Measure (on the target, through its agent for a device) or predict (from the target's
+    latency profile) every latency budget: a budgets file (``edgeprune-budgets.toml``) or
+    :class:`~edgeprune.budgets.Budget` objects. ``report.exit_code`` is 0 when all are within
+    budget, 1 when one is blown, 2 when one could not be measured."""
+    from edgeprune.budgets import check as run_check
+    from edgeprune.budgets import load_budgets
+
+    if isinstance(budgets, (str, os.PathLike)):
+        budgets = load_budgets(budgets)
+    return run_check(list(budgets), on_progress=on_progress)
 
 
 def _is_profile(obj: object) -> bool:

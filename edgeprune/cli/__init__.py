@@ -300,13 +300,48 @@ def cmd_validate(a: argparse.Namespace) -> int:
     tick, close = _progress_bar("validate")
     try:
         report = edgeprune.validate(bundle, data.batches(src, 256, mean=spec.mean, std=spec.std),
-                                    on=on, arm64_cpu=a.arm64_cpu, on_progress=tick)
+                                    on=on, on_progress=tick)
     finally:
         close()
     write_json(bundle.path / "validation.json", report.to_dict())
     print(report)
     print(f"wrote {bundle.path / 'validation.json'}")
     return 0 if report.ok else 1
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    import edgeprune
+    from edgeprune._io import atomic_path
+    from edgeprune.budgets import Budget, load_budgets
+    from edgeprune.errors import ConfigError
+    from edgeprune.targets import load_target
+
+    outs = [(flag, _out_file(v, flag)) for flag, v in (("--junit", a.junit), ("--markdown", a.markdown),
+                                                       ("--json", a.json_out)) if v]
+    single = (a.target, a.budget_ms, a.mode, a.profile)
+    if a.subject.endswith(".toml"):
+        if any(v is not None for v in single):
+            raise ConfigError(f"{a.subject!r} is a budgets file; --target/--budget-ms/--mode/--profile "
+                              "are for one artifact given on the command line")
+        budgets = load_budgets(a.subject)
+    else:
+        if a.target is None or a.budget_ms is None:
+            raise ConfigError(f"checking {a.subject!r} needs --target T and --budget-ms X (or give an "
+                              "edgeprune-budgets.toml)")
+        budgets = [Budget(Path(a.subject), load_target(a.target), a.budget_ms, a.mode or "measure",
+                          Path(a.profile) if a.profile else None)]
+    tick, close = _progress_bar("check")
+    try:
+        report = edgeprune.check(budgets, on_progress=tick)
+    finally:
+        close()
+    writers = {"--junit": report.to_junit, "--markdown": report.to_markdown,
+               "--json": lambda: json.dumps(report.to_dict(), indent=2) + "\n"}
+    for flag, path in outs:
+        with atomic_path(path) as tmp:
+            tmp.write_text(writers[flag]())
+    print(report)
+    return report.exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -459,10 +494,26 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("bundle", help="bundle directory written by 'edgeprune export'")
     va.add_argument("--data", required=True, help="data spec, e.g. shapes:test (labels give accuracy)")
     va.add_argument("--no-labels", action="store_true", help="data has no labels: parity only")
-    va.add_argument("--on", default="host", help="comma-separated: host, arm64-emulated")
-    va.add_argument("--arm64-cpu", choices=("neoverse-n1", "cortex-a72"), default="neoverse-n1")
+    va.add_argument("--on", default="host",
+                    help="comma-separated: host and device targets, e.g. host,arm64-emulated "
+                         "(aarch64 under QEMU; arm64-emulated-cortex-a72) or raspberry-pi-4-litert")
     va.add_argument("--limit", type=_positive_int, default=1000, help="images to check")
     va.set_defaults(func=cmd_validate)
+
+    ck = sub.add_parser("check", help="latency budgets as a CI gate: exit 0 within, 1 over, 2 not measured")
+    ck.add_argument("subject", help="edgeprune-budgets.toml, or one artifact (.tflite/.onnx, bundle "
+                                    "directory or .safetensors) with --target and --budget-ms")
+    ck.add_argument("--target", default=None, help="target of the one artifact")
+    ck.add_argument("--budget-ms", type=_positive_float, default=None, help="its budget in ms")
+    ck.add_argument("--mode", choices=("measure", "predict"), default=None,
+                    help="measure on the target (default) or predict from --profile")
+    ck.add_argument("--profile", default=None, help="the target's latency profile (predict mode)")
+    ck.add_argument("--junit", default=None, help="write JUnit XML here (one testcase per budget)")
+    ck.add_argument("--markdown", default=None, help="write a Markdown table here ($GITHUB_STEP_SUMMARY)")
+    ck.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")
+    ck.set_defaults(func=cmd_check)
+
+    sub.add_parser("agent", help="the device agent (run on the device): edgeprune agent --help")
 
     me = sub.add_parser("measure", help="end-to-end latency of a model or artifact on a target")
     me.add_argument("subject", help="checkpoint, zoo name, .tflite or .onnx file")
@@ -474,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # a server with its own options and output: no quieting, no torch
+        from edgeprune import agent
+
+        return agent.main(argv[1:])
     parser = build_parser()
     a = parser.parse_args(argv)
     a.argv = argv

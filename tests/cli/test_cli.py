@@ -97,7 +97,8 @@ def test_console_script_exit_code(tmp_path):
 @pytest.mark.parametrize("argv, needles", [
     (["profile", "--target", "pi4", "--model", "resnet20", "--out", "X"], ["pi4", "host-litert"]),
     (["profile", "--target", "host-onnxruntime", "--model", "resnet99", "--out", "X"], ["resnet99"]),
-    (["measure", "resnet20", "--target", "raspberry-pi-4-litert"], ["agent://"]),
+    (["measure", "resnet20", "--target", "raspberry-pi-4-litert"], ["EDGEPRUNE_PI4_TOKEN"]),
+    (["measure", "resnet20", "--target", "arm64-emulated"], ["emulation", "validate"]),
     (["measure", "resnet20", "--target", "macs"], ["analytical"]),
     (["measure", "/no/model.tflite", "--target", "host-litert"], ["does not exist"]),
     (["profile", "--target", "host-litert", "--model", "resnet20", "--out", "X",
