@@ -45,7 +45,11 @@ def test_a_plain_module_prunes_on_host_litert_and_exports_to_every_format(tmp_pa
     g = torch.Generator().manual_seed(0)
     data = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(10)]  # the input shape's only source
 
-    res = edgeprune.prune(model, data, target="host-litert", budget_ratio=0.8,
+    prof = edgeprune.profile(model, target="host-litert", input_shape=(3, 16, 16))
+    reach = edgeprune.budget_range(model, target="host-litert", profile=prof)  # its floor is this CPU's
+    budget = max(0.8 * reach.baseline, 1.05 * reach.floor)
+    assert budget < reach.baseline, reach
+    res = edgeprune.prune(model, data, target="host-litert", budget_ms=budget, profile=prof,
                           config=edgeprune.PruneConfig(steps=12, update_interval=2))
     assert res.cost_unit == "ms" and res.predicted_cost <= res.budget < res.baseline_cost
     assert res.removal_max_abs_diff <= 1e-4
