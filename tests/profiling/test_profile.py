@@ -159,11 +159,13 @@ def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("target, msg", [
     ("macs", "analytical"),
-    ("raspberry-pi-4-litert", "agent://"),
+    ("raspberry-pi-4-litert", r"\$EDGEPRUNE_PI4_TOKEN, which is not set"),  # a device: its token first
+    ("arm64-emulated", "runs under emulation"),
     ("host-litert-int8", "needs its int8 conversion"),
-    ("iphone-coreml", "agent://"),
+    ("iphone-coreml", "CoreML timing needs Apple hardware"),
 ])
-def test_unmeasurable_targets(target, msg):
+def test_unmeasurable_targets(target, msg, monkeypatch):
+    monkeypatch.delenv("EDGEPRUNE_PI4_TOKEN", raising=False)
     with pytest.raises(ConfigError, match=msg):
         measure(TinyNet(), target=target, input_shape=SHAPE)
 
