@@ -332,14 +332,9 @@ class _Onnx:
         except ImportError:
             raise AgentError(422, "missing_runtime", "onnxruntime is not installed on this device; "
                              "pip install onnxruntime") from None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(path, onnx_session_options(ort, threads),
+                                             providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise AgentError(422, "bad_artifact", f"ONNX Runtime cannot load the artifact: {e}") from None
         ins, outs = self.sess.get_inputs(), self.sess.get_outputs()
@@ -388,19 +383,44 @@ def _plan(x, shape, dtype, dynamic: bool) -> int:
     raise AgentError(400, "bad_request", f"{len(x)} inputs do not fit the artifact's batch {shape[0]}")
 
 
+def sample_ms(invoke, warmup: int, runs: int):
+    """``warmup`` untimed calls of ``invoke``, then the milliseconds of ``runs`` timed ones (the
+    measurement protocol's inner loop, shared with the host's runtimes). A clock that gives no
+    usable number raises ValueError."""
+    import numpy as np
+
+    for _ in range(warmup):
+        invoke()
+    samples = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter_ns()
+        invoke()
+        samples[i] = (time.perf_counter_ns() - t0) / 1e6
+    if not np.isfinite(samples).all() or samples.min() <= 0:
+        raise ValueError(f"timing produced invalid samples {samples[:5].tolist()}")
+    return samples
+
+
+def onnx_session_options(ort, threads: int):
+    """ONNX Runtime options for measuring: ``threads`` intra-op threads, sequential, no
+    spinning, quiet (shared with the host's adapter)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
 def _time_pass(sess, warmup: int, runs: int) -> dict:
     import numpy as np
 
     sess.set_input(sess.timing_input())
-    for _ in range(warmup):
-        sess.invoke()
-    samples = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter_ns()
-        sess.invoke()
-        samples[i] = (time.perf_counter_ns() - t0) / 1e6
-    if not np.isfinite(samples).all() or samples.min() <= 0:
-        raise AgentError(500, "bad_timing", f"timing produced invalid samples {samples[:5].tolist()}")
+    try:
+        samples = sample_ms(sess.invoke, warmup, runs)
+    except ValueError as e:
+        raise AgentError(500, "bad_timing", str(e)) from None
     p10, p25, p50, p75, p90 = np.percentile(samples, [10, 25, 50, 75, 90])
     return {"median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90),
             "iqr_ms": float(p75 - p25), "runs": runs, "warmup": warmup}

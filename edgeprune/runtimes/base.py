@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 
 import numpy as np
 
+from edgeprune.agent import sample_ms
 from edgeprune.errors import RuntimeAdapterError
 from edgeprune.types import LatencyStats
 
@@ -53,15 +53,10 @@ def time_session(session: Session, x: np.ndarray, *, warmup: int = 10, runs: int
     if warmup < 0 or runs < 1:
         raise RuntimeAdapterError(f"warmup={warmup}, runs={runs} is invalid; need warmup >= 0, runs >= 1")
     session._prepare(session._check(x))
-    for _ in range(warmup):
-        session._invoke_prepared()
-    samples = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter_ns()
-        session._invoke_prepared()
-        samples[i] = (time.perf_counter_ns() - t0) / 1e6
-    if not np.isfinite(samples).all() or samples.min() <= 0:
-        raise RuntimeAdapterError(f"{session.runtime}: timing produced invalid samples {samples[:5]}")
+    try:
+        samples = sample_ms(session._invoke_prepared, warmup, runs)
+    except ValueError as e:
+        raise RuntimeAdapterError(f"{session.runtime}: {e}") from None
     p10, p25, p50, p75, p90 = np.percentile(samples, [10, 25, 50, 75, 90])
     return LatencyStats(float(p50), float(p10), float(p90), float(p75 - p25), runs, warmup,
                         session.runtime, session.runtime_version, session.threads,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.agent import onnx_session_options
 from edgeprune.errors import MissingDependencyError, RuntimeAdapterError
 from edgeprune.runtimes.base import Session
 
@@ -25,14 +26,9 @@ class OnnxRuntimeSession(Session):
         self.threads = threads
         self.delegate = delegate
         self.path = path
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
         try:
-            self._sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(str(path), onnx_session_options(ort, threads),
+                                              providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise RuntimeAdapterError(f"ONNX Runtime cannot load {str(path)!r}: {e}") from e
         ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
