@@ -3,9 +3,10 @@ import pytest
 from edgeprune.errors import ConfigError, TargetNotFoundError
 from edgeprune.targets import Target, load_target, target_names
 
-SHIPPED = ["android-arm64-litert", "arm64-emulated", "arm64-emulated-cortex-a72", "host-litert",
-           "host-litert-int8", "host-onnxruntime", "iphone-coreml", "macs", "raspberry-pi-4-litert",
-           "raspberry-pi-5-litert"]
+SHIPPED = ["android-arm64-litert", "android-arm64-litert-int8", "arm64-emulated",
+           "arm64-emulated-cortex-a72", "host-litert", "host-litert-int8", "host-onnxruntime",
+           "iphone-coreml", "macs", "raspberry-pi-4-litert", "raspberry-pi-4-litert-int8",
+           "raspberry-pi-5-litert", "raspberry-pi-5-litert-int8"]
 
 
 def test_shipped_targets_all_load():
@@ -27,6 +28,16 @@ def test_host_litert_fields():
     assert pi.is_device and not pi.is_emulated and pi.token_env == "EDGEPRUNE_PI4_TOKEN"
     emu = load_target("arm64-emulated")
     assert emu.is_device and emu.is_emulated and emu.connection == "qemu://neoverse-n1"
+
+
+@pytest.mark.parametrize("name", ["raspberry-pi-4-litert", "raspberry-pi-5-litert", "android-arm64-litert"])
+def test_an_int8_device_target_is_its_fp32_siblings_device_at_int8(name):
+    """One device, two precisions: the int8 target reaches the same agent with the same
+    token, threads and protocol; only the precision (and the name) differ."""
+    fp32, int8 = load_target(name), load_target(f"{name}-int8")
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    same = ("runtime", "threads", "delegate", "connection", "token_env", "device", "measure", "round_to")
+    assert [getattr(int8, k) for k in same] == [getattr(fp32, k) for k in same]
 
 
 def test_unknown_target_lists_known():

@@ -36,14 +36,12 @@ def check_measurable(target: Target, *, artifact: bool = False) -> None:
                "device; see docs/devices.md)" if target.runtime == "coreml" else "")
         raise ConfigError(f"target {target.name!r}: runtime {target.runtime!r} cannot be measured by "
                           f"edgeprune{why}; it measures {sorted(_SUFFIX)}")
-    if target.precision == "int8" and target.runtime == "litert" and artifact:
-        return  # an exported int8 .tflite runs as it is
+    if target.precision == "int8" and target.runtime == "litert":
+        return  # an int8 .tflite as it is, or a model converted with synthetic calibration
     if target.precision != "fp32":
         raise ConfigError(
-            f"target {target.name!r}: measuring a model at {target.precision} needs its "
-            f"{target.precision} conversion, which needs calibration data; export it (edgeprune "
-            "export CKPT --formats tflite-int8 --calib-data SPEC) and measure the .tflite file. "
-            f"Latency profiles at {target.precision} are not built; use an fp32 target")
+            f"target {target.name!r}: {target.runtime} at {target.precision} cannot be measured by "
+            "edgeprune; it measures fp32 (LiteRT, ONNX Runtime) and int8 (LiteRT) targets")
 
 
 def _check_precision(path: Path, target: Target) -> None:
@@ -60,13 +58,38 @@ def _check_precision(path: Path, target: Target) -> None:
                           + (" (host-litert-int8)" if int8 else " (host-litert)"))
 
 
+SYNTHETIC_CALIBRATION_IMAGES = 8
+
+
+def synthetic_calibration(example_input: torch.Tensor, *, seed: int = 0,
+                          images: int = SYNTHETIC_CALIBRATION_IMAGES) -> list[torch.Tensor]:
+    """Calibration batches for an int8 conversion that is only timed: standard normal noise
+    of the example's shape, from a fixed seed.
+
+    An int8 graph's latency does not depend on its quantisation ranges: every scale and
+    zero-point is a constant the kernels apply the same way whatever its value, so the
+    converted graph (ops, shapes, dtypes) is the one real calibration data gives, and so is
+    its latency. ``scripts/bench_latency_predictor.py`` checks this on every zoo model: two
+    synthetic calibrations (this one, and uniform noise of another range) time alike
+    (bench/results/latency_predictor.json, ``calibration_independence``).
+    """
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn((images, *example_input.shape[1:]), generator=g)]
+
+
 def convert_for(model: nn.Module, target: Target, path: str | os.PathLike,
                 example_input: torch.Tensor, *, fast: bool = False) -> Path:
-    """Convert ``model`` into the artifact ``target`` runs. ``fast`` picks the faster ONNX
-    exporter (used for single-layer models, whose graphs come out the same)."""
-    from edgeprune.convert import to_onnx, to_tflite
+    """Convert ``model`` into the artifact ``target`` runs: fp32 TFLite or ONNX, or for an int8
+    LiteRT target a full-int8 TFLite calibrated on :func:`synthetic_calibration` (timing only:
+    its accuracy means nothing; export with real data to ship). ``fast`` picks the faster
+    ONNX exporter (used for single-layer models, whose graphs come out the same)."""
+    from edgeprune.convert import to_onnx, to_tflite, to_tflite_int8
 
     check_measurable(target)
+    if target.runtime == "litert" and target.precision == "int8":
+        cal = synthetic_calibration(example_input)
+        return to_tflite_int8(model, path, example_input, cal, min_images=len(cal[0]),
+                              logits="full")
     if target.runtime == "litert":
         return to_tflite(model, path, example_input)
     return to_onnx(model, path, example_input, dynamic_batch=False,
@@ -86,7 +109,8 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
     Interleaving means drift on the machine hits all artifacts alike. ``on_pass(i, n)`` is
     called after each artifact's pass (on a device: after each batch of artifacts). A device
     target times them on the device, through its agent (``device``: an open connection to
-    reuse), with the same protocol."""
+    reuse), with the same protocol. Locally, ``$EDGEPRUNE_TIMING_CPUS`` pins the timing to
+    those CPUs (see :func:`_timing_cpus`)."""
     check_measurable(target, artifact=True)
     if target.is_device:
         from edgeprune.runtimes.device import connect
@@ -95,6 +119,43 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
             return device.measure_many(list(paths), on_pass=on_pass)
         with connect(target) as dev:
             return dev.measure_many(list(paths), on_pass=on_pass)
+    with _timing_cpus():
+        return _time_local(paths, target, seed, on_pass)
+
+
+TIMING_CPUS_ENV = "EDGEPRUNE_TIMING_CPUS"
+
+
+@contextlib.contextmanager
+def _timing_cpus():
+    """Pin the timing loop (the thread that times, while it times) to the CPUs in
+    ``$EDGEPRUNE_TIMING_CPUS`` (e.g. ``1`` or ``2,3``), then restore the affinity. For hosts
+    whose cores differ in speed (a cloud VM's vCPUs, big and little cores): unpinned, one pass
+    may run on a fast core and the next on a slow one, and the fastest pass is not comparable
+    between artifacts. Conversions are not pinned. Unset: nothing changes."""
+    spec = os.environ.get(TIMING_CPUS_ENV, "").strip()
+    if not spec:
+        yield
+        return
+    try:
+        cpus = {int(c) for c in spec.split(",") if c.strip()}
+    except ValueError:
+        raise ConfigError(f"{TIMING_CPUS_ENV}={spec!r} is invalid; give CPU numbers, e.g. 1 or 2,3") from None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError(f"{TIMING_CPUS_ENV} is set but this OS cannot pin a process to CPUs; unset it")
+    old = os.sched_getaffinity(0)
+    if not cpus or not cpus <= old:
+        raise ConfigError(f"{TIMING_CPUS_ENV}={spec!r}: this process may run on CPUs {sorted(old)}; "
+                          "choose among them")
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _time_local(paths: Sequence[str | os.PathLike], target: Target, seed: int,
+                on_pass: Callable[[int, int], None] | None) -> list[LatencyStats]:
     from edgeprune.runtimes import open_session, time_session
 
     passes = target.measure.passes
@@ -123,7 +184,9 @@ def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Targ
     """Latency of a model (converted for the target first) or of an artifact file, measured on
     ``target``'s runtime with its threads and protocol (a device target's through its agent:
     reached, and checked to have the runtime, before anything is converted). A failure
-    raises; it is never zero. An int8 target measures int8 artifacts (export the model first)."""
+    raises; it is never zero. On an int8 target a model is converted with synthetic calibration
+    (:func:`synthetic_calibration`: the latency is that of the real int8 model), and an
+    artifact must be an int8 file."""
     t = load_target(target)
     is_model = isinstance(model_or_artifact, nn.Module)
     check_measurable(t, artifact=not is_model)
