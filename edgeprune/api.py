@@ -64,26 +64,31 @@ def input_shape_of(model: nn.Module, *, data: Iterable | None = None,
 def profile(model: nn.Module, *, target: str | Target, data: Iterable | None = None,
             input_shape: Sequence[int] | None = None, max_points: int = 8,
             cache: LatencyProfile | None = None, workers: int | None = None,
+            layer_cache: str | os.PathLike | bool = True,
             on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
     """Measure a latency profile of ``model``'s architecture on ``target``: per-layer tables
     on the target's runtime plus a fitted remainder, so it predicts any pruned variant.
 
     ``max_points`` caps the grid points per width axis. ``cache``: an earlier profile of the
     same target, runtime version and host whose points are reused. ``workers``: converter
-    processes (default 2 for LiteRT). A profile of a local target describes this machine only.
+    processes (default 2 for LiteRT). ``layer_cache``: converted single-layer models kept for
+    reuse by any profile of the same runtime and precision (True: ``$EDGEPRUNE_LAYER_CACHE`` or
+    ``~/.cache/edgeprune/layer-models``; a directory; False: none). A profile of a local
+    target describes this machine only.
     """
     from edgeprune.profiling.latency import profile as measure_profile
 
     shape = input_shape_of(model, data=data, input_shape=input_shape)
     return measure_profile(model, target, input_shape=shape, max_points=max_points, cache=cache,
-                           workers=workers, on_progress=on_progress)
+                           workers=workers, layer_cache=layer_cache, on_progress=on_progress)
 
 
 def measure(model_or_artifact: nn.Module | str | os.PathLike, *, target: str | Target,
             data: Iterable | None = None, input_shape: Sequence[int] | None = None) -> LatencyStats:
     """End-to-end latency of a model (converted for the target first) or of an artifact file,
     on ``target``'s runtime with its threads and protocol (fastest of interleaved passes). A
-    failure raises; it is never zero. An int8 target measures int8 artifacts."""
+    failure raises; it is never zero. On an int8 target a model is converted with synthetic
+    calibration (its latency is the real int8 model's); an artifact must be an int8 file."""
     from torch import nn
 
     from edgeprune.profiling.measurement import measure as measure_latency

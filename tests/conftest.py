@@ -13,6 +13,20 @@ from torch import nn
 from tests.nets import TinyNet, randomize_bn
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _layer_cache(tmp_path_factory):
+    """Profiles in the tests share one converted-layer cache of their own, never the user's."""
+    import os
+
+    old = os.environ.get("EDGEPRUNE_LAYER_CACHE")
+    os.environ["EDGEPRUNE_LAYER_CACHE"] = str(tmp_path_factory.mktemp("layer-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEPRUNE_LAYER_CACHE", None)
+    else:
+        os.environ["EDGEPRUNE_LAYER_CACHE"] = old
+
+
 @pytest.fixture
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)

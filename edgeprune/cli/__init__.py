@@ -385,7 +385,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     tick, close = _progress_bar(f"profile {target.name}")
     try:
         prof = edgeprune.profile(model, target=target, max_points=a.max_points, cache=cache,
-                                 on_progress=tick)
+                                 layer_cache=not a.no_layer_cache, on_progress=tick)
     finally:
         close()
     prof.save(out)
@@ -446,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-points", type=_positive_int, default=8,
                     help="grid points per width axis (default 8)")
     pr.add_argument("--cache", default=None, help="earlier profile whose points are reused")
+    pr.add_argument("--no-layer-cache", action="store_true",
+                    help="convert every single-layer model anew and keep none (default: reuse them "
+                         "from $EDGEPRUNE_LAYER_CACHE or ~/.cache/edgeprune/layer-models)")
     pr.add_argument("--torch-threads", type=_positive_int, default=None)
     pr.set_defaults(func=cmd_profile)
 

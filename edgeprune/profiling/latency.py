@@ -100,6 +100,7 @@ class LatencyProfile:
     created: str = ""
     edgeprune_version: str = ""
     source: str = "measured"  # "measured" or "estimate"
+    build: dict[str, Any] = dataclasses.field(default_factory=dict)  # time split, cache use
 
     # ---- prediction ---------------------------------------------------------------------
 
@@ -148,7 +149,10 @@ class LatencyProfile:
         lines = [f"latency profile: {self.architecture} on {self.target.name} "
                  f"({self.target.runtime} {self.runtime_version}, {self.target.threads} thread(s), "
                  f"{self.source})",
-                 f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s",
+                 f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s"
+                 + (f" (converting {self.build['convert_s']:.0f} s, measuring {self.build['measure_s']:.0f} s; "
+                    f"{self.build['points_from_layer_cache']} layer points from the cache)"
+                    if "convert_s" in self.build else ""),
                  f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
                  f"points, invoke overhead {self.overhead_ms:.4f} ms",
                  f"  layers x {self.layer_scale:.4f} in the network, remainder "
@@ -167,6 +171,7 @@ class LatencyProfile:
             "source": self.source,
             "target": self.target.to_dict(),
             "runtime": self.target.runtime,
+            "precision": self.target.precision,
             "runtime_version": self.runtime_version,
             "host": self.host,
             "created": self.created,
@@ -177,6 +182,7 @@ class LatencyProfile:
             "architecture": self.architecture,
             "input_shape": list(self.input_shape),
             "build_s": round(self.build_s, 2),
+            "build": self.build,
             "overhead_ms": self.overhead_ms,
             "remainder": {"intercept_ms": self.remainder_intercept_ms,
                           "layer_scale": self.layer_scale},
@@ -213,6 +219,7 @@ class LatencyProfile:
                 calibration=tuple(dict(c) for c in d.get("calibration", ())),
                 build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
                 edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
+                build=dict(d.get("build", {})),
             )
         except ProfileError:
             raise
@@ -291,6 +298,7 @@ def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
 
 def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, int, int] | None = None,
             max_points: int = 8, cache: LatencyProfile | None = None, workers: int | None = None,
+            layer_cache: str | os.PathLike | bool = True,
             on_progress: Callable[[Progress], None] | None = None) -> LatencyProfile:
     """Measure a latency profile of ``model``'s architecture on ``target`` (model unchanged).
 
@@ -298,9 +306,14 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     interpolation between). ``cache``: an earlier profile of the same target, runtime version
     and host whose measured points are reused, so re-profiling is incremental. ``workers``:
     processes converting single-layer models (default: 2 for LiteRT, whose converter is
-    slow, else 1); timing is always sequential. A device target is timed on the device through
-    its agent, and the agent's ``info`` is the profile's ``host``.
+    slow, else 1); timing is always sequential. ``layer_cache``: where converted single-layer
+    models are kept and reused (True: ``$EDGEPRUNE_LAYER_CACHE`` or
+    ``~/.cache/edgeprune/layer-models``; a path; False: convert everything, keep nothing; see
+    :mod:`edgeprune.profiling.cache`). A device target is timed on the device through its
+    agent, and the agent's ``info`` is the profile's ``host``.
     """
+    from edgeprune.profiling.cache import LayerCache, default_dir
+
     t = load_target(target)
     check_measurable(t)
     if max_points < 2:
@@ -312,6 +325,8 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     shape = tuple(input_shape or _input_shape(model))
     if len(shape) != 3:
         raise ConfigError(f"input_shape {shape} is invalid; give (C, H, W)")
+    lcache = None if layer_cache is False else LayerCache(
+        default_dir() if layer_cache is True else layer_cache)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     device = None
     if t.is_device:  # measured on the device: its agent's info is the profile's provenance
@@ -323,7 +338,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
         version, host = runtime_version(t.runtime), host_identity()
     try:
         return _profile(model, t, shape, max_points, cache, workers, on_progress, t0, version, host,
-                        device)
+                        device, lcache)
     finally:
         if device is not None:
             device.close()
@@ -331,7 +346,7 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
 
 def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: int,
              cache: LatencyProfile | None, workers: int, on_progress, t0: float, version: str,
-             host: dict[str, Any], device) -> LatencyProfile:
+             host: dict[str, Any], device, lcache) -> LatencyProfile:
     from edgeprune._version import __version__
     from edgeprune.graph import group_structure, shrink_to_widths
 
@@ -340,9 +355,14 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     plan = _points_needed(units, t.round_to, max_points)
     todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
             for ci in c_in for co in c_out if (sig, ci, co) not in cached]
+    # points converted before (by any model, for any target of this runtime and precision)
+    hits = {} if lcache is None else {
+        (sig, ci, co): p for sig, _, ci, co in todo if (p := lcache.get(sig, ci, co, t)) is not None}
+    to_convert = [job for job in todo if (job[0], job[2], job[3]) not in hits]
+    convert_s = measure_s = 0.0
     passes = t.measure.passes
     n_calib = len(CALIBRATION_KEEP)
-    total = 1 + len(todo) + passes * (1 + len(todo)) + n_calib * (1 + passes)
+    total = 1 + len(to_convert) + passes * (1 + len(todo)) + n_calib * (1 + passes)
     step = 0
 
     def tick(what: str) -> None:
@@ -355,15 +375,23 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         suffix = _SUFFIX[t.runtime]
         # the runtime's per-invoke overhead: a model of one tiny op (a 1x1 conv on a 2x2 map)
         probe = Path(d) / f"overhead{suffix}"
+        c0 = time.perf_counter()
         convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
         tick("convert invoke-overhead probe")
 
         # convert every missing point first (in parallel), then time them all in interleaved
         # passes, so no conversion runs beside a timed run and drift hits all points alike
-        paths = _convert_points(todo, t, Path(d), workers, lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
-        keys = list(paths)
+        paths = _convert_points(to_convert, t, Path(d), workers,
+                                lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
+        if lcache is not None:
+            paths = {k: lcache.put(*k, t, p) for k, p in paths.items()}
+        paths.update(hits)
+        convert_s += time.perf_counter() - c0
+        keys = [(sig, ci, co) for sig, _, ci, co in todo]
+        m0 = time.perf_counter()
         stats = time_artifacts([probe, *(paths[k] for k in keys)], t, device=device,
                                on_pass=lambda i, n: tick(f"timing {i}/{n}"))
+        measure_s += time.perf_counter() - m0
         overhead = stats[0].median_ms
         points = dict(cached)
         points.update({k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)})
@@ -377,6 +405,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         example = torch.zeros(1, *shape)
         groups = group_structure(model, example)
         variants, calib_paths = [], []
+        c0 = time.perf_counter()
         for i, keep in enumerate(CALIBRATION_KEEP):
             variant = model
             if keep < 1.0:
@@ -385,8 +414,11 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             variants.append(variant)
             calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
             tick(f"convert end-to-end keep {keep}")
+        convert_s += time.perf_counter() - c0
+        m0 = time.perf_counter()
         calib_stats = time_artifacts(calib_paths, t, device=device,
                                      on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        measure_s += time.perf_counter() - m0
         calib = []
         for keep, variant, st in zip(CALIBRATION_KEEP, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
@@ -400,6 +432,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
         intercept, scale, tuple(calib), time.perf_counter() - t0,
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
+        {"convert_s": round(convert_s, 2), "measure_s": round(measure_s, 2),
+         "points_converted": len(to_convert), "points_from_layer_cache": len(hits),
+         "points_from_profile_cache": len(cached)},
     )
 
 

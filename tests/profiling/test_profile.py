@@ -162,7 +162,6 @@ def test_timing_that_produces_no_number_raises(tmp_path, monkeypatch):
     ("macs", "analytical"),
     ("raspberry-pi-4-litert", r"\$EDGEPRUNE_PI4_TOKEN, which is not set"),  # a device: its token first
     ("arm64-emulated", "runs under emulation"),
-    ("host-litert-int8", "needs its int8 conversion"),
     ("iphone-coreml", "CoreML timing needs Apple hardware"),
 ])
 def test_unmeasurable_targets(target, msg, monkeypatch):
@@ -309,3 +308,68 @@ def test_a_plain_script_without_main_guard_can_profile(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("script body ran") == 1, proc.stdout
     assert "predicted True" in proc.stdout
+
+
+def test_the_layer_cache_converts_each_point_once_and_is_really_read(tmp_path):
+    """A second profile (here of another model with the same layers) converts nothing and
+    times the cached files: a cached file made unreadable is an error that names it."""
+    from edgeprune.errors import EdgepruneError
+
+    torch.manual_seed(0)
+    cache = tmp_path / "layers"
+    first = profile(randomize_bn(TinyNet(width=32)), target="host-onnxruntime", input_shape=SHAPE,
+                    max_points=2, layer_cache=cache)
+    n = first.build["points_converted"]
+    assert n == sum(t.points() for t in first.tables.values()) and first.build["points_from_layer_cache"] == 0
+    files = sorted(cache.rglob("*.onnx"))
+    assert len(files) == n and all(f.parent.name == "onnxruntime-fp32" for f in files)
+    second = profile(randomize_bn(TinyNet(width=32), seed=1), target="host-onnxruntime",
+                     input_shape=SHAPE, max_points=2, layer_cache=cache)
+    assert (second.build["points_converted"], second.build["points_from_layer_cache"]) == (0, n)
+    assert second.build["convert_s"] >= 0 and second.build["measure_s"] > 0
+    assert {s: (t.c_in, t.c_out) for s, t in second.tables.items()} == \
+        {s: (t.c_in, t.c_out) for s, t in first.tables.items()}
+    files[0].write_bytes(b"not a model")
+    with pytest.raises(EdgepruneError, match=files[0].name):
+        profile(TinyNet(width=32), target="host-onnxruntime", input_shape=SHAPE, max_points=2,
+                layer_cache=cache)
+    nothing = profile(TinyNet(width=32), target="host-onnxruntime", input_shape=SHAPE, max_points=2,
+                      layer_cache=False)
+    assert nothing.build["points_converted"] == n
+
+
+def test_layer_cache_keys_separate_what_changes_the_file():
+    from edgeprune.profiling.cache import LayerCache
+    from edgeprune.targets import load_target
+
+    c = LayerCache("/nonexistent")
+    lit, q, ort = (load_target(n) for n in ("host-litert", "host-litert-int8", "host-onnxruntime"))
+    pi = load_target("raspberry-pi-4-litert")  # another device, same runtime and precision
+    sig = "conv:k3x3:s1x1:p1x1:d1x1:in32x32"
+    keys = {c.key(sig, 16, 32, t) for t in (lit, q, ort)} | {c.key(sig, 16, 48, lit), c.key(sig, 32, 32, lit),
+                                                            c.key(sig.replace("in32", "in16"), 16, 32, lit)}
+    assert len(keys) == 6
+    assert c.key(sig, 16, 32, pi) == c.key(sig, 16, 32, lit)
+
+
+def test_timing_cpus_pin_the_timing_loop_and_restore_the_affinity(tmp_path, monkeypatch):
+    import os
+
+    from edgeprune import convert, runtimes
+    from edgeprune.profiling.measurement import TIMING_CPUS_ENV, time_artifact
+    from edgeprune.targets import load_target
+
+    path = convert.to_onnx(TinyNet(), tmp_path / "m.onnx", torch.zeros(1, *SHAPE))
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    seen = []
+    real = runtimes.time_session
+    monkeypatch.setattr(runtimes, "time_session",
+                        lambda *a, **k: (seen.append(os.sched_getaffinity(0)), real(*a, **k))[1])
+    monkeypatch.setenv(TIMING_CPUS_ENV, str(cpu))
+    st = time_artifact(path, load_target("host-onnxruntime"))
+    assert st.median_ms > 0 and seen == [{cpu}] * 3 and os.sched_getaffinity(0) == before
+    for bad in ("x", "99999"):
+        monkeypatch.setenv(TIMING_CPUS_ENV, bad)
+        with pytest.raises(ConfigError, match=TIMING_CPUS_ENV):
+            time_artifact(path, load_target("host-onnxruntime"))

@@ -1,0 +1,80 @@
+"""A cache of converted single-layer models, so a profile converts each layer point once.
+
+A profile's grid points are single-layer models whose file depends only on the layer's
+signature (kind, kernel, stride, padding, dilation, input size), its widths, the runtime and
+precision it is converted for, and the converter's versions; not on the model that holds the
+layer, the target's threads or the device. So ResNet-20 and ResNet-56 (the same signatures),
+a re-profile, and the host and a Raspberry Pi on LiteRT (converted here, timed there) share
+one conversion. Converting dominates a LiteRT profile (litert-torch takes about a second per
+layer); timing is cheap.
+
+The cache lives in ``$EDGEPRUNE_LAYER_CACHE``, else ``~/.cache/edgeprune/layer-models``. Files
+are written atomically (temp file, then rename), so concurrent profiles can share it; a file
+the runtime cannot load is an error naming it, never silently replaced. Deleting the directory
+is always safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from edgeprune._io import atomic_path
+from edgeprune.targets import Target
+
+# bump when layer_model() or a converter's settings change the file a point converts to
+LAYER_MODEL_VERSION = 1
+_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
+
+
+def default_dir() -> Path:
+    env = os.environ.get("EDGEPRUNE_LAYER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "edgeprune" / "layer-models"
+
+
+@functools.cache
+def _versions(runtime: str) -> tuple[tuple[str, str], ...]:
+    dists = ("torch", "litert-torch", "ai-edge-litert") if runtime == "litert" else ("torch", "onnx")
+    out = []
+    for d in dists:
+        try:
+            out.append((d, metadata.version(d)))
+        except metadata.PackageNotFoundError:
+            out.append((d, "absent"))
+    return tuple(out)
+
+
+class LayerCache:
+    """Converted single-layer models under ``root``, keyed by what determines their bytes."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def key(self, signature: str, c_in: int, c_out: int, target: Target) -> str:
+        from edgeprune._version import __version__
+
+        ident = {"signature": signature, "c_in": int(c_in), "c_out": int(c_out),
+                 "runtime": target.runtime, "precision": target.precision,
+                 "layer_model": LAYER_MODEL_VERSION, "edgeprune": __version__,
+                 "versions": dict(_versions(target.runtime))}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+    def path(self, signature: str, c_in: int, c_out: int, target: Target) -> Path:
+        sub = f"{target.runtime}-{target.precision}"
+        return self.root / sub / (self.key(signature, c_in, c_out, target) + _SUFFIX[target.runtime])
+
+    def get(self, signature: str, c_in: int, c_out: int, target: Target) -> Path | None:
+        p = self.path(signature, c_in, c_out, target)
+        return p if p.is_file() else None
+
+    def put(self, signature: str, c_in: int, c_out: int, target: Target, src: Path) -> Path:
+        """Copy a converted file into the cache (atomically) and return its cached path."""
+        dst = self.path(signature, c_in, c_out, target)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return dst
