@@ -1,7 +1,8 @@
 """Proof of the latency predictor: predicted vs measured latency of random pruned variants.
 
 For each zoo model and host target: build the profile (timed), draw random pruned variants
-(per channel group a keep ratio uniform in [0.2, 1.0], rounded to the target's round_to),
+(per channel group a keep ratio uniform in [0.2, 1.0], rounded to the target's round_to; or
+to --width-step for widths off the profile's grid, or in --keep LO HI for small models),
 predict each, convert and measure it end to end. Writes bench/results/latency_predictor.json
 with, per target and model, the share of variants within +-10% and +-5%, the median and max
 absolute % error, the profile build time, and the speed-up fidelity: measured speed-up vs MACs
@@ -9,13 +10,16 @@ reduction for the same variants. The profiles are saved to profiles/<target>/<mo
 (not with --quick, so `make bench` leaves the committed profiles alone).
 
     .venv/bin/python scripts/bench_latency_predictor.py [--quick] [--models resnet20 ...]
-        [--targets host-litert host-onnxruntime] [--variants 30]
+        [--targets host-litert host-onnxruntime] [--variants 30] [--width-step 4] [--keep 0.05 0.3]
+
+Rows are merged into the JSON by (model, target, variant set): run the matrix in parts.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +35,7 @@ import torch
 import edgeprune
 from edgeprune import models
 from edgeprune._io import write_json
+from edgeprune.convert import tflite_op_names
 from edgeprune.graph import group_structure, shrink_to_widths
 from edgeprune.graph.layers import layer_units
 from edgeprune.profiling.latency import dense_copy, host_identity, profile
@@ -45,10 +50,10 @@ def macs(model) -> int:
     return sum(u.macs() for u in layer_units(model, SHAPE))
 
 
-def random_widths(groups, rng, round_to):
+def random_widths(groups, rng, round_to, keep_range=(0.2, 1.0)):
     out = {}
     for g in groups:
-        keep = rng.uniform(0.2, 1.0)
+        keep = rng.uniform(*keep_range)
         w = int(round(g.width * keep / round_to)) * round_to
         out[g.name] = int(min(g.width, max(min(round_to, g.width), w)))
     return out
@@ -60,8 +65,21 @@ def _convert(model, target, path):
     return convert_for(model, target, path, torch.zeros(1, *SHAPE))
 
 
-def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: bool) -> dict:
+def _convert_other_calibration(model, path):
+    """The int8 baseline calibrated on other synthetic data (uniform in [-3, 3], another seed)
+    than convert_for's: latency must not depend on the quantisation ranges."""
+    from edgeprune.convert import to_tflite_int8
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    cal = [torch.rand((8, *SHAPE), generator=torch.Generator().manual_seed(1)) * 6 - 3]
+    return to_tflite_int8(model, path, torch.zeros(1, *SHAPE), cal, min_images=8, logits="full")
+
+
+def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: bool,
+            width_step: int | None = None, keep_range=(0.2, 1.0)) -> dict:
     target = load_target(target_name)
+    step = width_step or target.round_to
     torch.manual_seed(seed)
     # structure is what is timed; default BatchNorm, so no branch is folded away as zero
     model = dense_copy(models.create(name)).eval()
@@ -79,7 +97,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     base_pred = prof.predict_ms(model)
     base_macs = macs(model)
     rng = np.random.default_rng(seed)
-    variants = [shrink_to_widths(model, example, random_widths(groups, rng, target.round_to))
+    variants = [shrink_to_widths(model, example, random_widths(groups, rng, step, keep_range))
                 for _ in range(n_variants)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as d:
@@ -88,11 +106,29 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
         paths = [Path(d) / f"v{i}{suffix}" for i in range(n_variants)]
         base_path = Path(d) / f"base{suffix}"
         ctx = multiprocessing.get_context("spawn")
+        int8 = target.precision == "int8"
+        other_path = Path(d) / f"base_other_calibration{suffix}"
         with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as ex:
+            other = ex.submit(_convert_other_calibration, model, other_path) if int8 else None
             list(ex.map(_convert, [model, *variants], [target] * (n_variants + 1), [base_path, *paths]))
+            if other is not None:
+                other.result()
         # the baseline and every variant, timed in the target's interleaved passes
-        base, *stats = time_artifacts([base_path, *paths], target)
+        # (int8: the other calibration right after the baseline, so drift hits both alike)
+        base, *stats = time_artifacts([base_path, *([other_path] if int8 else []), *paths], target)
         base_ms = base.median_ms
+        calibration = None
+        if int8:
+            other_st = stats.pop(0)
+            calibration = {
+                "what": "the baseline converted with two synthetic calibrations (normal noise seed "
+                        "0, as profiles use; uniform noise in [-3, 3] seed 1), timed side by side",
+                "same_ops": tflite_op_names(base_path) == tflite_op_names(other_path),
+                "measured_ms": [round(base_ms, 5), round(other_st.median_ms, 5)],
+                "ratio": round(other_st.median_ms / base_ms, 4),
+            }
+            log(f"    two calibrations: {base_ms:.4f} vs {other_st.median_ms:.4f} ms "
+                f"(x{calibration['ratio']:.3f}), same ops: {calibration['same_ops']}")
         for i, (variant, meas) in enumerate(zip(variants, stats, strict=True)):
             pred = prof.predict_ms(variant)
             m = macs(variant)
@@ -107,6 +143,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     errs = [abs(r["error_pct"]) for r in rows]
     return {
         "model": name, "target": target.name, "variants": len(rows),
+        "variant_set": _variant_set(step, target.round_to, keep_range),
         "within_10pct": round(sum(e <= 10 for e in errs) / len(errs), 4),
         "within_5pct": round(sum(e <= 5 for e in errs) / len(errs), 4),
         "median_abs_error_pct": round(statistics.median(errs), 3),
@@ -121,6 +158,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             "median_speedup_per_macs_reduction": round(statistics.median(
                 r["measured_speedup"] / r["macs_reduction"] for r in rows), 3),
         },
+        **({"calibration_independence": calibration} if calibration else {}),
         "rows": rows,
     }
 
@@ -132,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="*", default=["host-litert", "host-onnxruntime"])
     ap.add_argument("--variants", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width-step", type=int, default=None,
+                    help="variant widths in multiples of this (default: the target's round_to, on "
+                         "the profile's grid); e.g. 4 for off-grid widths")
+    ap.add_argument("--keep", type=float, nargs=2, default=(0.2, 1.0), metavar=("LO", "HI"),
+                    help="range of the random keep ratio per channel group (e.g. 0.05 0.3: small models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency_predictor.json"))
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -143,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for target in a.targets:
         for name in names:
-            results.append(run_one(name, target, n, a.seed, log, save=not a.quick))
+            results.append(run_one(name, target, n, a.seed, log, save=not a.quick and a.width_step is None
+                                   and tuple(a.keep) == (0.2, 1.0),
+                                   width_step=a.width_step, keep_range=tuple(a.keep)))
     print()
-    print(f"{'target':18} {'model':12} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
+    print(f"{'target':18} {'model':12} {'variants':16} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
           f"{'max|err|%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
     for r in results:
         f = r["speedup_fidelity"]
-        print(f"{r['target']:18} {r['model']:12} {r['variants']:3d} {100 * r['within_10pct']:5.0f}% "
+        print(f"{r['target']:18} {r['model']:12} {r['variant_set']['name']:16} {r['variants']:3d} "
+              f"{100 * r['within_10pct']:5.0f}% "
               f"{100 * r['within_5pct']:5.0f}% {r['median_abs_error_pct']:9.2f} {r['max_abs_error_pct']:9.2f} "
               f"{r['profile_build_s']:7.0f} {f['median_macs_reduction']:7.2f} {f['median_measured_speedup']:7.2f}")
     doc = {
@@ -163,10 +209,39 @@ def main(argv: list[str] | None = None) -> int:
                   "passes, baseline and variants interleaved; error = (pred - meas) / meas",
         "wall_s": round(time.perf_counter() - t_all, 1),
         "results": results,
+        "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned",
     }
-    write_json(a.out, doc)
+    write_json(a.out, _merge(Path(a.out), doc))
     print(f"wrote {a.out}")
     return 0
+
+
+def _variant_set(step: int, round_to: int, keep_range) -> dict:
+    small = tuple(keep_range) != (0.2, 1.0)
+    name = ("on-grid" if step == round_to else f"off-grid step {step}") + (" small" if small else "")
+    return {"name": name, "width_step": step, "round_to": round_to, "keep": list(keep_range)}
+
+
+def _row_key(r: dict) -> tuple:
+    vs = r.get("variant_set", {"name": "on-grid"})  # rows written before variant sets were on-grid
+    return r["model"], r["target"], vs["name"]
+
+
+def _merge(out: Path, doc: dict) -> dict:
+    """``doc`` merged into an earlier file at ``out``: rows for (model, target) pairs this run
+    did not measure are kept, the ones it re-measured replaced. Every invocation's command,
+    date and wall time is listed under ``runs``, and each row names the run it came from."""
+    import json
+
+    this = {k: doc[k] for k in ("command", "date", "wall_s", "timing_cpus")}
+    if not out.is_file():
+        return {**doc, "runs": [this], "results": [{**r, "run": 0} for r in doc["results"]]}
+    old = json.loads(out.read_text())
+    runs = old.get("runs") or [{k: old.get(k) for k in ("command", "date", "wall_s")}]
+    keys = {_row_key(r) for r in doc["results"]}
+    kept = [{"run": 0, **r} for r in old.get("results", []) if _row_key(r) not in keys]
+    new = [{**r, "run": len(runs)} for r in doc["results"]]
+    return {**doc, "runs": [*runs, this], "results": kept + new}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 predicted latency on a target, without labels and without fine-tuning; then accuracy on the
 labeled test split (labels are read only here, to score), export to the target's format and
 measured latency of baseline and pruned model (interleaved rounds, median of round medians).
+On an int8 target both are exported as a user ships them (full int8, calibrated on 500
+unlabeled train images) and their int8 top-1 is reported too.
 
 Prints a table and writes bench/results/prune_<baseline>_<target>.json.
 
@@ -23,7 +25,8 @@ import torch
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
-from edgeprune.errors import ProfileError
+from edgeprune.convert import to_tflite_int8
+from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling.latency import host_identity
 from edgeprune.profiling.measurement import convert_for, time_artifact
@@ -85,17 +88,39 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     variants = ABLATIONS if a.ablations else {"full method": {}}
+    int8 = t.precision == "int8"
+    if int8:  # the int8 files are exported as a user ships them: calibrated on unlabeled train images
+        calib_src = data.open(train_spec, split="train", size=spec.input.hw, limit=CALIB_IMAGES)
+        calib = list(data.Batches(calib_src, 100, mean=spec.input.mean, std=spec.input.std, shuffle=False))
+        test_x, test_y = _arrays(test, spec)
+
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-prune-") as d:
         example = torch.zeros(1, *spec.input.shape)
-        base_art = convert_for(teacher, t, Path(d) / f"baseline{_suffix(t)}", example)
+
+        def artifact(model, name):
+            path = Path(d) / f"{name}{_suffix(t)}"
+            if int8:
+                return to_tflite_int8(model, path, example, calib, min_images=CALIB_IMAGES)
+            return convert_for(model, t, path, example)
+
+        base_art = artifact(teacher, "baseline")
+        base_int8 = _int8_top1(base_art, test_x, test_y) if int8 else None
         for label, switches in variants.items():
             cfg = base_cfg.replace(**switches)
             t0 = time.perf_counter()
-            res = edgeprune.prune(teacher, batches, target=t, profile=prof, budget_ratio=a.budget, config=cfg)
+            try:
+                res = edgeprune.prune(teacher, batches, target=t, profile=prof, budget_ratio=a.budget,
+                                      config=cfg)
+            except ConfigError as e:  # a budget below the reachable floor: a row that says so
+                if "smallest reachable" not in str(e):
+                    raise
+                rows.append({"variant": label, "switches": switches, "infeasible": str(e)})
+                print(f"{label}: infeasible: {e}", flush=True)
+                continue
             prune_s = time.perf_counter() - t0
             acc = evaluate(res.model, test, input_spec=spec.input, reference=teacher,
                            reference_input_spec=spec.input)
-            art = convert_for(res.model, t, Path(d) / f"pruned{len(rows)}{_suffix(t)}", example)
+            art = artifact(res.model, f"pruned{len(rows)}")
             base_runs, pruned_runs = [], []
             for _ in range(a.rounds):  # interleave so drift hits both alike
                 base_runs.append(time_artifact(base_art, t).median_ms)
@@ -119,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                 "max_hard_zeroed_norm": res.max_hard_zeroed_norm,
                 "prune_s": round(prune_s, 1), "steps": res.steps, "config": cfg.to_dict(),
             })
-            _print_rows(rows[-1:], header=len(rows) == 1)
+            if int8:  # what the measured file is, and what it scores
+                rows[-1].update({"artifact": f"full-int8 .tflite, calibrated on {CALIB_IMAGES} unlabeled "
+                                             "train images (the export's default logits range)",
+                                 "baseline_int8_top1": base_int8,
+                                 "pruned_int8_top1": _int8_top1(art, test_x, test_y)})
+            _print_rows(rows[-1:], header=not any("pruned_top1" in r for r in rows[:-1]))
 
     quick = "_quick" if a.quick else ""
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"prune_{a.baseline}_{t.name}{quick}.json"
@@ -136,6 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+CALIB_IMAGES = 500
+
+
+def _arrays(source, spec):
+    xs, ys = zip(*data.Batches(source, 250, mean=spec.input.mean, std=spec.input.std, shuffle=False),
+                 strict=True)
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+def _int8_top1(path, x, y) -> float:
+    from edgeprune.runtimes import open_session
+
+    sess = open_session(path, runtime="litert")
+    return float((sess.run_batched(x).argmax(1) == y).mean())
+
+
 def _suffix(t) -> str:
     return ".tflite" if t.runtime == "litert" else ".onnx"
 
@@ -145,6 +191,8 @@ def _print_rows(rows: list[dict], header: bool) -> None:
         print(f"{'variant':38} {'top1 base':>9} {'pruned':>7} {'drop':>6} {'agree':>6} {'budget':>7} "
               f"{'pred':>6} {'meas':>6} {'meas/bud':>8} {'speedup':>7} {'params':>8} {'s':>5}")
     for r in rows:
+        if "infeasible" in r:
+            continue
         print(f"{r['variant']:38} {100 * r['baseline_top1']:8.2f}% {100 * r['pruned_top1']:6.2f}% "
               f"{r['top1_drop_points']:6.2f} {100 * r['agreement_with_baseline']:5.1f}% "
               f"{r['budget_ms']:7.3f} {r['pruned_predicted_ms']:6.3f} {r['pruned_measured_ms']:6.3f} "

@@ -1,0 +1,82 @@
+"""How long a latency profile takes to build, cold (empty layer cache) and warm (every
+single-layer model converted before), split into converting and measuring.
+
+For each zoo model and target: a profile with a fresh, empty layer cache, then the same
+profile again with that cache. Prints a table and writes bench/results/profile_build.json
+(rows merged by model and target, so the matrix can be run in parts).
+
+    .venv/bin/python scripts/bench_profile_build.py [--models resnet20 ...] [--targets host-litert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import edgeprune
+from edgeprune import models
+from edgeprune._io import write_json
+from edgeprune.profiling.latency import dense_copy, host_identity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (3, 32, 32)
+
+
+def build(name: str, target: str, cache: Path) -> dict:
+    model = dense_copy(models.create(name)).eval()
+    t0 = time.perf_counter()
+    prof = profile(model, target, input_shape=SHAPE, layer_cache=cache)
+    return {"build_s": round(time.perf_counter() - t0, 1), **prof.build,
+            "points": sum(t.points() for t in prof.tables.values())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--targets", nargs="*", default=["host-litert"])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile_build.json"))
+    a = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    rows = []
+    for target in a.targets:
+        for name in a.models or models.names():
+            with tempfile.TemporaryDirectory(prefix="edgeprune-layer-cache-") as d:
+                cold = build(name, target, Path(d))
+                warm = build(name, target, Path(d))
+            rows.append({"model": name, "target": target, "cold": cold, "warm": warm})
+            print(f"{target:18} {name:12} cold {cold['build_s']:6.1f} s (convert {cold['convert_s']:6.1f}, "
+                  f"measure {cold['measure_s']:5.1f})  warm {warm['build_s']:6.1f} s (convert "
+                  f"{warm['convert_s']:5.1f}, measure {warm['measure_s']:5.1f}), {cold['points']} points",
+                  flush=True)
+    out = Path(a.out)
+    old = json.loads(out.read_text())["rows"] if out.is_file() else []
+    keys = {(r["model"], r["target"]) for r in rows}
+    doc = {
+        "benchmark": "profile_build",
+        "command": "python scripts/bench_profile_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": host_identity(),
+        "edgeprune": edgeprune.__version__,
+        "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned",
+        "method": "edgeprune.profile (default max_points, 2 converter processes, the target's "
+                  "protocol) with an empty layer cache (cold), then again with that cache (warm); "
+                  "convert_s includes the 3 end-to-end calibration models, which are never cached",
+        "rows": [r for r in old if (r["model"], r["target"]) not in keys] + rows,
+    }
+    write_json(out, doc)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
