@@ -86,7 +86,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
-    where = "not saved (--quick)"
+    where = "not saved (--quick, or an off-grid or small-model run)"
     if save:
         out_path = ROOT / "profiles" / target.name / f"{name}.json"
         prof.save(out_path)
