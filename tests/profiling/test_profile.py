@@ -208,8 +208,11 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     points = sum(t.points() for t in prof.tables.values())
     passes = prof.target.measure.passes
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
-    # probe + points converted, then timed in passes; three calibrations converted and timed
-    assert seen[-1].step == seen[-1].total == 1 + points + passes * (1 + points) + 3 * (1 + passes)
+    # probe + the points not in the layer cache converted, then all points timed in passes;
+    # three calibrations converted and timed
+    converted = prof.build["points_converted"]
+    assert converted + prof.build["points_from_layer_cache"] == points
+    assert seen[-1].step == seen[-1].total == 1 + converted + passes * (1 + points) + 3 * (1 + passes)
     assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
 
 
