@@ -1,14 +1,28 @@
-"""What the export benchmarks share: the committed baselines, and the data a checkpoint is
-calibrated and scored on."""
+"""What the benchmarks share: the provenance every result file starts with, the committed
+baselines, and the data a checkpoint is calibrated and scored on."""
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import edgeprune
 from edgeprune import data
+from edgeprune.profiling.latency import host_identity
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def provenance(benchmark: str, script: str, argv: list[str] | None) -> dict:
+    """The head of a result file: what ran (the command line), when, on which host, with which
+    edgeprune, and whether timing was pinned (``$EDGEPRUNE_TIMING_CPUS``)."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {"benchmark": benchmark, "command": " ".join(["python", f"scripts/{script}", *args]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": host_identity(), "edgeprune": edgeprune.__version__,
+            "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned"}
 
 
 def baseline_checkpoints() -> list[Path]:

@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import provenance  # scripts/_bench.py, beside this file
 
-import edgeprune
 from edgeprune import models
 from edgeprune._io import write_json
 from edgeprune.convert import tflite_op_names
 from edgeprune.graph import group_structure, shrink_to_widths
 from edgeprune.graph.layers import layer_units
-from edgeprune.profiling.latency import dense_copy, host_identity, profile
+from edgeprune.profiling.latency import dense_copy, profile
 from edgeprune.profiling.measurement import convert_for, time_artifacts
 from edgeprune.targets import load_target
 
@@ -199,17 +196,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['within_5pct']:5.0f}% {r['median_abs_error_pct']:9.2f} {r['max_abs_error_pct']:9.2f} "
               f"{r['profile_build_s']:7.0f} {f['median_macs_reduction']:7.2f} {f['median_measured_speedup']:7.2f}")
     doc = {
-        "benchmark": "latency_predictor",
-        "command": "python scripts/bench_latency_predictor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": host_identity(),
-        "edgeprune": edgeprune.__version__,
+        **provenance("latency_predictor", "bench_latency_predictor.py", argv),
         "method": "random keep ratio per channel group in [0.2, 1.0] rounded to round_to; "
                   "latency = the target's protocol (batch 1): median of the fastest of its "
                   "passes, baseline and variants interleaved; error = (pred - meas) / meas",
         "wall_s": round(time.perf_counter() - t_all, 1),
         "results": results,
-        "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned",
     }
     write_json(a.out, _merge(Path(a.out), doc))
     print(f"wrote {a.out}")

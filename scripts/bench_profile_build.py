@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _bench import provenance  # scripts/_bench.py, beside this file
 
-import edgeprune
 from edgeprune import models
 from edgeprune._io import write_json
-from edgeprune.profiling.latency import dense_copy, host_identity, profile
+from edgeprune.profiling.latency import dense_copy, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
@@ -62,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out.read_text())["rows"] if out.is_file() else []
     keys = {(r["model"], r["target"]) for r in rows}
     doc = {
-        "benchmark": "profile_build",
-        "command": "python scripts/bench_profile_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": host_identity(),
-        "edgeprune": edgeprune.__version__,
-        "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned",
+        **provenance("profile_build", "bench_profile_build.py", argv),
         "method": "edgeprune.profile (default max_points, 2 converter processes, the target's "
                   "protocol) with an empty layer cache (cold), then again with that cache (warm); "
                   "convert_s includes the 3 end-to-end calibration models, which are never cached",

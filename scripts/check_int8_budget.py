@@ -12,20 +12,19 @@ profile measured now. Writes bench/results/int8_budget_check.json.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from _bench import provenance  # scripts/_bench.py, beside this file
 
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.convert import to_tflite_int8
 from edgeprune.graph import shrink_to_widths
-from edgeprune.profiling.latency import host_identity
 from edgeprune.profiling.measurement import time_artifacts
 from edgeprune.targets import load_target
 
@@ -58,9 +57,7 @@ def main() -> int:
     out = {
         "what": "bench_prune's int8 pruned ResNet-20 (its group widths) and the baseline, exported "
                 "with real calibration, re-timed beside a fresh profile under the same conditions",
-        "command": "python scripts/check_int8_budget.py",
-        "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned",
-        "host": host_identity(),
+        **provenance("int8_budget_check", "check_int8_budget.py", None),
         "budget_ratio": BUDGET, "baseline_predicted_ms": pb, "pruned_predicted_ms": pp,
         "budget_ms": BUDGET * pb, "baseline_measured_ms": mb, "pruned_measured_ms": mp,
         "baseline_rounds_ms": rb, "pruned_rounds_ms": rp,
