@@ -20,10 +20,10 @@ from edgeprune.types import LatencyStats
 _SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 
 
-def check_measurable(target: Target, *, artifact: bool = False) -> None:
-    """Raise unless ``target`` can be measured (``artifact``: measuring a converted file
-    rather than converting a model for the target). Local targets run here; device targets
-    through their agent; the emulated aarch64 targets never (their timing means nothing)."""
+def check_measurable(target: Target) -> None:
+    """Raise unless ``target`` can be measured, a model converted for it or a file. Local
+    targets run here; device targets through their agent; the emulated aarch64 targets never
+    (their timing means nothing)."""
     if target.is_analytical:
         raise ConfigError(f"target {target.name!r} is analytical (MACs); it has no latency to measure")
     if target.is_emulated:
@@ -111,7 +111,7 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
     target times them on the device, through its agent (``device``: an open connection to
     reuse), with the same protocol. Locally, ``$EDGEPRUNE_TIMING_CPUS`` pins the timing to
     those CPUs (see :func:`_timing_cpus`)."""
-    check_measurable(target, artifact=True)
+    check_measurable(target)
     if target.is_device:
         from edgeprune.runtimes.device import connect
 
@@ -189,7 +189,7 @@ def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Targ
     artifact must be an int8 file."""
     t = load_target(target)
     is_model = isinstance(model_or_artifact, nn.Module)
-    check_measurable(t, artifact=not is_model)
+    check_measurable(t)
     if not is_model:
         path = Path(model_or_artifact)
         if not path.is_file():
