@@ -6,7 +6,9 @@ to --width-step for widths off the profile's grid, or in --keep LO HI for small 
 predict each, convert and measure it end to end. Writes bench/results/latency_predictor.json
 with, per target and model, the share of variants within +-10% and +-5%, the median and max
 absolute % error, the profile build time, and the speed-up fidelity: measured speed-up vs MACs
-reduction for the same variants. The profiles are saved to profiles/<target>/<model>.json
+reduction for the same variants, and the repeatability: every variant timed again in a
+second round, so each row shows how well this machine's measurements agree with themselves
+(the floor under any predictor's error). The profiles are saved to profiles/<target>/<model>.json
 (not with --quick, so `make bench` leaves the committed profiles alone).
 
     .venv/bin/python scripts/bench_latency_predictor.py [--quick] [--models resnet20 ...]
@@ -83,7 +85,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
-    where = "not saved (--quick, or an off-grid or small-model run)"
+    where = "not saved (--quick)"
     if save:
         out_path = ROOT / "profiles" / target.name / f"{name}.json"
         prof.save(out_path)
@@ -114,6 +116,9 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
         # (int8: the other calibration right after the baseline, so drift hits both alike)
         base, *stats = time_artifacts([base_path, *([other_path] if int8 else []), *paths], target)
         base_ms = base.median_ms
+        # the same files timed again, in a second round of the protocol: how well a
+        # measurement on this machine agrees with itself is the floor under any predictor's error
+        again = time_artifacts([base_path, *paths], target)
         calibration = None
         if int8:
             other_st = stats.pop(0)
@@ -130,6 +135,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             pred = prof.predict_ms(variant)
             m = macs(variant)
             rows.append({"predicted_ms": round(pred, 5), "measured_ms": round(meas.median_ms, 5),
+                         "remeasured_ms": round(again[i + 1].median_ms, 5),
                          "measured_iqr_ms": round(meas.iqr_ms, 5),
                          "pass_spread_pct": round(100 * meas.pass_spread, 2),
                          "error_pct": round(100 * (pred - meas.median_ms) / meas.median_ms, 3),
@@ -138,6 +144,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             log(f"    variant {i + 1:2d}/{n_variants}: predicted {pred:.4f} ms, measured "
                 f"{meas.median_ms:.4f} ms ({rows[-1]['error_pct']:+.1f}%), MACs /{base_macs / m:.2f}")
     errs = [abs(r["error_pct"]) for r in rows]
+    self_diff = [100 * abs(r["remeasured_ms"] / r["measured_ms"] - 1) for r in rows]
     return {
         "model": name, "target": target.name, "variants": len(rows),
         "variant_set": _variant_set(step, target.round_to, keep_range),
@@ -145,8 +152,18 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
         "within_5pct": round(sum(e <= 5 for e in errs) / len(errs), 4),
         "median_abs_error_pct": round(statistics.median(errs), 3),
         "max_abs_error_pct": round(max(errs), 3),
+        "repeatability": {
+            "what": "each variant timed again in a second round of the protocol right after the "
+                    "first: |second / first - 1|",
+            "within_10pct": round(sum(e <= 10 for e in self_diff) / len(self_diff), 4),
+            "within_5pct": round(sum(e <= 5 for e in self_diff) / len(self_diff), 4),
+            "median_abs_diff_pct": round(statistics.median(self_diff), 3),
+            "max_abs_diff_pct": round(max(self_diff), 3),
+            "baseline_ratio": round(again[0].median_ms / base_ms, 4)},
         "profile_build_s": round(build_s, 1),
         "profile_points": sum(t.points() for t in prof.tables.values()),
+        "steps": {kind: {axis: {k: v[k] for k in ("step", "height", "flat", "irregular", "fit_rms", "signature")}
+                         for axis, v in axes.items()} for kind, axes in (prof.steps or {}).items()},
         "baseline": {"measured_ms": round(base_ms, 5), "predicted_ms": round(base_pred, 5),
                      "macs": base_macs},
         "speedup_fidelity": {
@@ -183,17 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for target in a.targets:
         for name in names:
-            results.append(run_one(name, target, n, a.seed, log, save=not a.quick and a.width_step is None
-                                   and tuple(a.keep) == (0.2, 1.0),
+            # the profile does not depend on the variants: every full run saves it
+            results.append(run_one(name, target, n, a.seed, log, save=not a.quick,
                                    width_step=a.width_step, keep_range=tuple(a.keep)))
     print()
     print(f"{'target':18} {'model':12} {'variants':16} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
-          f"{'max|err|%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
+          f"{'max|err|%':>9} {'self<=10%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
     for r in results:
         f = r["speedup_fidelity"]
         print(f"{r['target']:18} {r['model']:12} {r['variant_set']['name']:16} {r['variants']:3d} "
               f"{100 * r['within_10pct']:5.0f}% "
               f"{100 * r['within_5pct']:5.0f}% {r['median_abs_error_pct']:9.2f} {r['max_abs_error_pct']:9.2f} "
+              f"{100 * r['repeatability']['within_10pct']:8.0f}% "
               f"{r['profile_build_s']:7.0f} {f['median_macs_reduction']:7.2f} {f['median_measured_speedup']:7.2f}")
     doc = {
         **provenance("latency_predictor", "bench_latency_predictor.py", argv),

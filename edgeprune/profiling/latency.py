@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import queue
@@ -43,7 +44,7 @@ from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.layers import LayerUnit, layer_units
 from edgeprune.profiling.measurement import _SUFFIX, check_measurable, convert_for, time_artifacts
-from edgeprune.profiling.table import LayerTable, axis_grid
+from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
 from edgeprune.targets import Target, load_target
 from edgeprune.types import Progress
 
@@ -101,6 +102,10 @@ class LatencyProfile:
     edgeprune_version: str = ""
     source: str = "measured"  # "measured" or "estimate"
     build: dict[str, Any] = dataclasses.field(default_factory=dict)  # time split, cache use
+    # how latency climbs over one round_to step, per kind of layer and axis, with the probe
+    # that measured it ({kind: {axis: fit_step(...) + where}}); None: a file from before
+    # steps were measured
+    steps: dict[str, dict[str, dict[str, Any]]] | None = None
 
     # ---- prediction ---------------------------------------------------------------------
 
@@ -125,7 +130,30 @@ class LatencyProfile:
         table = self.tables.get(unit.signature)
         if table is None:
             raise ProfileError(f"no table for layer {unit.path!r} ({unit.signature})")
-        return table.lookup(unit.c_in if c_in is None else c_in, unit.c_out if c_out is None else c_out)
+        c_in = unit.c_in if c_in is None else c_in
+        c_out = unit.c_out if c_out is None else c_out
+        return table.lookup(c_in, c_out, self._share(unit, table, "c_in", c_in),
+                            self._share(unit, table, "c_out", c_out))
+
+    def _share(self, unit: LayerUnit, table: LayerTable, axis: str, width: int) -> list[float] | None:
+        """The measured step on ``axis`` for ``unit``'s kind (None: not needed). A width off
+        the grid (not measured, not a multiple of round_to) needs one: without it the
+        prediction would interpolate across a latency step, so it is refused."""
+        if table.kind == "dwconv" and axis == "c_out":
+            return None  # a depthwise layer's c_out is its c_in
+        grid = table.c_in if axis == "c_in" else table.c_out
+        if width in grid or width % self.target.round_to == 0:
+            return None
+        share = (self.steps or {}).get(table.kind, {}).get(axis, {}).get("share")
+        if share is not None:
+            return share
+        why = ("was made before edgeprune measured channel steps" if self.steps is None
+               else f"has no measured step for the {axis} of {table.kind} layers (every profiled "
+                    "layer had it fixed)")
+        raise ProfileError(
+            f"layer {unit.path!r} has {axis}={width}, off the profile's {self.target.round_to}-"
+            f"channel grid, and the profile {why}, so it cannot say how {self.target.runtime}'s "
+            "latency steps between grid widths; re-profile with this edgeprune")
 
     def predict_units(self, units: Sequence[LayerUnit],
                       widths: dict[str, tuple[int, int]] | None = None) -> float:
@@ -157,6 +185,11 @@ class LatencyProfile:
                  f"points, invoke overhead {self.overhead_ms:.4f} ms",
                  f"  layers x {self.layer_scale:.4f} in the network, remainder "
                  f"{self.remainder_intercept_ms:+.4f} ms"]
+        if self.steps is not None:
+            lines.append("  channel steps: " + "; ".join(
+                f"{kind} {axis} {'flat' if st.get('flat') else 'irregular' if st.get('irregular') else st.get('step')}"
+                + (f" x{st['height']:.2f}" if st.get("height") not in (None, 1.0) else "")
+                for kind, axes in sorted(self.steps.items()) for axis, st in sorted(axes.items())))
         for c in self.calibration:
             lines.append(f"  calibration keep {c['keep']:.2f}: measured {c['measured_ms']:.3f} ms, "
                          f"predicted {c['predicted_ms']:.3f} ms")
@@ -189,6 +222,7 @@ class LatencyProfile:
             "calibration": list(self.calibration),
             "layers": self.layers,
             "tables": {s: t.to_dict() for s, t in sorted(self.tables.items())},
+            **({} if self.steps is None else {"steps": self.steps}),
         }
 
     @classmethod
@@ -219,7 +253,7 @@ class LatencyProfile:
                 calibration=tuple(dict(c) for c in d.get("calibration", ())),
                 build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
                 edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
-                build=dict(d.get("build", {})),
+                build=dict(d.get("build", {})), steps=_read_steps(d.get("steps"), target.round_to, where),
             )
         except ProfileError:
             raise
@@ -273,6 +307,63 @@ class LatencyProfile:
         if check_host:
             prof.check_host(where=f"profile {str(p)!r}")
         return prof
+
+
+def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+    if d is None:
+        return None
+    try:
+        steps = {str(k): {str(a): dict(v) for a, v in axes.items()} for k, axes in d.items()}
+        for kind, axes in steps.items():
+            for axis, v in axes.items():
+                share = v["share"]
+                if (axis not in ("c_in", "c_out") or not isinstance(share, list)
+                        or len(share) != round_to + 1 or share[0] != 0 or share[-1] != 1
+                        or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in share)):
+                    raise ValueError(f"steps.{kind}.{axis}: need a share list of round_to + 1 = "
+                                     f"{round_to + 1} finite numbers from 0 to 1 on axis c_in or c_out")
+                v["share"] = [float(x) for x in share]
+        return steps
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ProfileError(f"{where}: steps are malformed: {e}") from e
+
+
+def _probe_plan(units: Sequence[LayerUnit], round_to: int
+                ) -> dict[tuple[str, str], tuple[LayerUnit, list[tuple[int, int]]]]:
+    """Where to measure how latency steps, per kind of layer and prunable axis: the layer of
+    that kind with the most work per channel pair (its geometry), timed at a grid width
+    ``b = 2 x round_to``, at every width up to ``b + round_to``; the other axis at ``b`` (a
+    classifier keeps its fixed class count)."""
+    b = 2 * round_to
+    widths = list(range(b, b + round_to + 1))
+    plan = {}
+    for kind in sorted({u.kind for u in units}):
+        for axis in (("c_in",) if kind == "dwconv" else ("c_in", "c_out")):
+            cand = [u for u in units if u.kind == kind
+                    and not (u.fixed_in if axis == "c_in" else u.fixed_out)]
+            if not cand:
+                continue
+            u = max(cand, key=lambda u: u.out_hw[0] * u.out_hw[1] * u.kernel[0] * u.kernel[1])
+            if kind == "dwconv":
+                pts = [(w, 0) for w in widths]
+            elif axis == "c_in":
+                pts = [(w, u.c_out if u.fixed_out else b) for w in widths]
+            else:
+                pts = [(u.c_in if u.fixed_in and kind == "linear" else b, w) for w in widths]
+            plan[(kind, axis)] = (u, pts)
+    return plan
+
+
+def _fit_steps(probes: dict[tuple[str, str], tuple[LayerUnit, list[tuple[int, int]]]],
+               points: dict[tuple[str, int, int], float]) -> dict[str, dict[str, dict[str, Any]]]:
+    steps: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for (kind, axis), (u, pts) in probes.items():
+        ms = [points[(u.signature, ci, co)] for ci, co in pts]
+        steps[kind][axis] = {
+            "signature": u.signature, "widths": [p[0] if axis == "c_in" else p[1] for p in pts],
+            "other_width": None if kind == "dwconv" else pts[0][1] if axis == "c_in" else pts[0][0],
+            **fit_step(ms[0], ms[1:-1], ms[-1])}
+    return dict(steps)
 
 
 def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
@@ -355,6 +446,14 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     plan = _points_needed(units, t.round_to, max_points)
     todo = [(sig, unit, ci, co) for sig, (unit, c_in, c_out) in plan.items()
             for ci in c_in for co in c_out if (sig, ci, co) not in cached]
+    # the step probes are timed in this build, side by side, never taken from an earlier profile
+    probes = _probe_plan(units, t.round_to)
+    queued = {(sig, ci, co) for sig, _, ci, co in todo}
+    for u, pts in probes.values():
+        for ci, co in pts:
+            if (u.signature, ci, co) not in queued:
+                queued.add((u.signature, ci, co))
+                todo.append((u.signature, u, ci, co))
     # points converted before (by any model, for any target of this runtime and precision)
     hits = {} if lcache is None else {
         (sig, ci, co): p for sig, _, ci, co in todo if (p := lcache.get(sig, ci, co, t)) is not None}
@@ -393,14 +492,16 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
                                on_pass=lambda i, n: tick(f"timing {i}/{n}"))
         measure_s += time.perf_counter() - m0
         overhead = stats[0].median_ms
-        points = dict(cached)
-        points.update({k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)})
+        fresh = {k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)}
+        points = {**fresh, **cached}  # a probe point that is also a cached grid point: the table keeps it
         tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
                                   tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
                   for sig, (unit, c_in, c_out) in plan.items()}
 
+        steps = _fit_steps(probes, fresh)
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
-                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0)
+                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
+                                 steps=steps)
         # scale and intercept: end-to-end measurements of the full model and thinned copies
         example = torch.zeros(1, *shape)
         groups = group_structure(model, example)
@@ -434,7 +535,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
         {"convert_s": round(convert_s, 2), "measure_s": round(measure_s, 2),
          "points_converted": len(to_convert), "points_from_layer_cache": len(hits),
-         "points_from_profile_cache": len(cached)},
+         "points_from_profile_cache": len(cached),
+         "points_timed": len(keys), "probe_points": sum(len(pts) for _, pts in probes.values())},
+        steps=steps,
     )
 
 

@@ -1,6 +1,8 @@
 """Measured mini-profiles of a tiny model on both host runtimes, and the profile file format."""
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -73,6 +75,8 @@ def _edit(path, fn):
     (lambda d: d["layers"].update({"stem.0": "conv:nowhere"}), "lacks"),
     (lambda d: d.update(runtime_version="0.0.1"), "re-profile"),
     (lambda d: d["target"].update(runtime="tvm"), "runtime = 'tvm'"),
+    (lambda d: d["steps"]["conv"]["c_out"].update(share=[0.0, 1.0]), "steps are malformed"),
+    (lambda d: d["steps"]["conv"].update(c_mid=d["steps"]["conv"]["c_out"]), "steps are malformed"),
 ])
 def test_schema_errors(mini, tmp_path, edit, msg):
     _, prof = mini
@@ -102,6 +106,51 @@ def test_other_architecture_is_refused(mini):
     _, prof = mini
     with pytest.raises(ProfileError, match="does not match the profiled architecture"):
         prof.predict_ms(models.create("resnet20"))
+
+
+def test_the_profile_measures_how_latency_steps_per_kind_of_layer(mini):
+    _, prof = mini
+    r = prof.target.round_to
+    # TinyNet: the stem's c_in and the classifier's classes are fixed, every other axis prunes
+    assert {k: sorted(a) for k, a in prof.steps.items()} == \
+        {"conv": ["c_in", "c_out"], "dwconv": ["c_in"], "linear": ["c_in"]}
+    for kind, axes in prof.steps.items():
+        for st in axes.values():
+            assert st["signature"] in prof.tables and prof.tables[st["signature"]].kind == kind
+            assert st["widths"] == list(range(2 * r, 3 * r + 1)) and len(st["measured_ms"]) == r + 1
+            assert len(st["share"]) == r + 1 and (st["share"][0], st["share"][-1]) == (0.0, 1.0)
+            assert st["flat"] or st["irregular"] or r % st["step"] == 0
+    assert prof.build["probe_points"] == 4 * (r + 1)
+
+
+def _with_steps(prof, tile):
+    from edgeprune.profiling.table import fit_step
+
+    r = prof.target.round_to
+    share = fit_step(0.0, [math.ceil(d / tile) * tile / r for d in range(1, r)], 1.0)["share"]
+    return dataclasses.replace(prof, steps={k: {a: {**st, "share": share} for a, st in axes.items()}
+                                            for k, axes in prof.steps.items()})
+
+
+def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
+    """Width 20 on a runtime that computes 16 channels at a time costs what 32 costs; on one
+    without steps it is the straight line between 16 and 32 (the old interpolation)."""
+    _, prof = mini
+    assert prof.target.round_to == 16
+    off, up = randomize_bn(TinyNet(width=20)), randomize_bn(TinyNet(width=32))
+    assert _with_steps(prof, 16).predict_ms(off) == pytest.approx(_with_steps(prof, 16).predict_ms(up))
+    line = _with_steps(prof, 1)
+    lo = line.predict_ms(randomize_bn(TinyNet(width=16)))
+    assert line.predict_ms(off) < _with_steps(prof, 16).predict_ms(off)
+    assert lo < line.predict_ms(off) < line.predict_ms(up)
+
+
+def test_a_profile_without_steps_refuses_off_grid_widths(mini):
+    _, prof = mini
+    old = dataclasses.replace(prof, steps=None)  # a file written before steps were measured
+    assert old.predict_ms(randomize_bn(TinyNet(width=16))) > 0  # on the grid: fine
+    with pytest.raises(ProfileError, match="stem.0.*c_out=20, off the profile's 16-channel grid.*re-profile"):
+        old.predict_ms(randomize_bn(TinyNet(width=20)))
 
 
 def test_pruned_variant_predicts_less(mini):
@@ -210,9 +259,10 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
     # probe + the points not in the layer cache converted, then all points timed in passes;
     # three calibrations converted and timed
-    converted = prof.build["points_converted"]
-    assert converted + prof.build["points_from_layer_cache"] == points
-    assert seen[-1].step == seen[-1].total == 1 + converted + passes * (1 + points) + 3 * (1 + passes)
+    converted, timed = prof.build["points_converted"], prof.build["points_timed"]
+    assert converted + prof.build["points_from_layer_cache"] == timed
+    assert points < timed <= points + prof.build["probe_points"]  # the step probes are timed too
+    assert seen[-1].step == seen[-1].total == 1 + converted + passes * (1 + timed) + 3 * (1 + passes)
     assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
 
 
@@ -323,7 +373,7 @@ def test_the_layer_cache_converts_each_point_once_and_is_really_read(tmp_path):
     first = profile(randomize_bn(TinyNet(width=32)), target="host-onnxruntime", input_shape=SHAPE,
                     max_points=2, layer_cache=cache)
     n = first.build["points_converted"]
-    assert n == sum(t.points() for t in first.tables.values()) and first.build["points_from_layer_cache"] == 0
+    assert n == first.build["points_timed"] and first.build["points_from_layer_cache"] == 0
     files = sorted(cache.rglob("*.onnx"))
     assert len(files) == n and all(f.parent.name == "onnxruntime-fp32" for f in files)
     second = profile(randomize_bn(TinyNet(width=32), seed=1), target="host-onnxruntime",

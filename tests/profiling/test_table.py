@@ -1,7 +1,10 @@
+import math
+
+import numpy as np
 import pytest
 
 from edgeprune.errors import ProfileError
-from edgeprune.profiling.table import LayerTable, axis_grid
+from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
 
 
 def test_axis_grid_steps_by_round_to():
@@ -67,3 +70,74 @@ def test_round_trip():
     assert LayerTable.from_dict(t.signature, t.to_dict()) == t
     with pytest.raises(ProfileError, match="malformed"):
         LayerTable.from_dict("x", {"kind": "conv", "c_in": [8]})
+
+
+def _staircase(tile, height=1.0, r=16, base=1.0, rise=1.0):
+    return [base + rise * height * math.ceil(d / tile) * tile / r for d in range(1, r)]
+
+
+@pytest.mark.parametrize("tile", [1, 2, 4, 8, 16])
+def test_fit_step_recovers_the_tile_of_a_staircase(tile):
+    fit = fit_step(1.0, _staircase(tile), 2.0)
+    assert (fit["step"], fit["height"], fit["flat"]) == (tile, pytest.approx(1.0), False)
+    assert fit["share"] == pytest.approx([math.ceil(d / tile) * tile / 16 for d in range(17)])
+
+
+def test_fit_step_keeps_a_remainder_that_costs_more_than_the_whole_step():
+    # a narrower kernel for a small remainder: every width past the grid point pays 1.6 steps
+    fit = fit_step(1.0, [2.6] * 15, 2.0)
+    assert fit["step"] == 16 and fit["height"] == pytest.approx(1.6)
+    assert fit["share"][1:16] == pytest.approx([1.6] * 15) and fit["share"][16] == 1.0
+
+
+@pytest.mark.parametrize("tile, noise, at_least", [(8, 0.1, 18), (16, 0.15, 20), (1, 0.15, 20)])
+def test_fit_step_sees_the_tile_through_timing_noise(tile, noise, at_least):
+    rng = np.random.default_rng(0)
+    hits = sum(fit_step(1.0, [v + rng.normal(0, noise) for v in _staircase(tile)], 2.0)["step"] == tile
+               for _ in range(20))  # noise as a share of the step's rise, on every point
+    assert hits >= at_least
+
+
+def test_fit_step_reads_a_noisy_line_as_a_line():
+    # a real probe of a 3x3 conv's input channels on this project's noisy host (32..48 channels):
+    # a 16-tile staircase fits it about as well as a line; the line is kept
+    ms = [0.202622, 0.198209, 0.269758, 0.276931, 0.286444, 0.252635, 0.289039, 0.305645, 0.248603,
+          0.243033, 0.247842, 0.253127, 0.259689, 0.271907, 0.287541, 0.277633, 0.322386]
+    fit = fit_step(ms[0], ms[1:-1], ms[-1])
+    assert fit["step"] == 1 and fit["height"] == 1.0
+
+
+def test_a_step_no_staircase_fits_is_kept_as_measured():
+    # multiples of 4 take a fast path, every other width a path that costs two steps
+    ms = [1.0 + (d / 16 if d % 4 == 0 else 2.0) for d in range(1, 16)]
+    fit = fit_step(1.0, ms, 2.0)
+    assert fit["irregular"] and fit["step"] is None and fit["fit_rms"] > 0.5
+    assert fit["share"] == pytest.approx([0.0, *(d / 16 if d % 4 == 0 else 2.0 for d in range(1, 16)), 1.0])
+
+
+def test_a_flat_step_falls_back_to_a_straight_line():
+    fit = fit_step(1.0, [1.3, 0.7] * 7 + [1.0], 1.05)  # 5% rise: noise, not a step
+    assert fit["flat"] and fit["step"] == 1
+    assert fit["share"] == pytest.approx([d / 16 for d in range(17)])
+
+
+def test_lookup_off_the_grid_follows_the_measured_step():
+    # c_out grid 16, 32 (1 ms, 2 ms): at 20 channels a tile-16 runtime already pays for 32
+    t = LayerTable("conv:t", "conv", (16,), (16, 32), ((1.0, 2.0),))
+    tile16 = fit_step(1.0, _staircase(16), 2.0)["share"]
+    line = fit_step(1.0, _staircase(1), 2.0)["share"]
+    assert t.lookup(16, 20, share_out=tile16) == pytest.approx(2.0)
+    assert t.lookup(16, 20, share_out=line) == pytest.approx(t.lookup(16, 20)) == pytest.approx(1.25)
+    assert t.lookup(16, 32, share_out=tile16) == 2.0  # a grid width is what was measured
+    # both axes: the shares weight the four surrounding multiples of round_to
+    t2 = LayerTable("conv:t2", "conv", (16, 32), (16, 32), ((1.0, 2.0), (3.0, 4.0)))
+    assert t2.lookup(20, 20, share_in=line, share_out=tile16) == pytest.approx(0.75 * 2.0 + 0.25 * 4.0)
+
+
+def test_a_width_below_the_first_step_climbs_from_zero_channels():
+    t = LayerTable("conv:t", "conv", (16, 32), (16, 32), ((1.0, 2.0), (2.0, 4.0)))
+    line = fit_step(1.0, _staircase(1), 2.0)["share"]
+    tile16 = fit_step(1.0, _staircase(16), 2.0)["share"]
+    assert t.lookup(8, 16, share_in=line) == pytest.approx(0.5)  # not clamped to 16's 1.0
+    assert t.lookup(8, 8, share_in=line, share_out=tile16) == pytest.approx(0.5)
+    assert t.lookup(4, 40, share_in=line, share_out=line) == pytest.approx(0.25 * 2.0)  # c_out clamps
