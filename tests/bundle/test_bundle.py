@@ -255,7 +255,10 @@ def test_arm64_emulated_runtimes_agree_with_x86(bundle, baseline):
     report = edgeprune.validate(bundle, data.batches(test, 64, mean=spec.mean, std=spec.std),
                                 on=("arm64-emulated",))
     rows = {c.format: c for c in report.checks}
-    assert rows["tflite"].vs_x86_max_abs <= 1e-5 and rows["onnx"].vs_x86_max_abs <= 1e-5, str(report)
+    # fp32: gated against PyTorch by the host's bar, the difference to x86 reported
+    for fmt in ("tflite", "onnx"):
+        assert rows[fmt].status == "pass" and 0 <= rows[fmt].vs_x86_max_abs <= rows[fmt].bound, str(report)
     assert rows["tflite-int8"].vs_x86_max_abs == 0.0, str(report)  # int8: bit-exact
+    assert rows["tflite-int8"].status == "pass", str(report)
     assert all(c.platform == "arm64-emulated (aarch64, qemu://neoverse-n1)" for c in report.checks)
     assert report.devices["arm64-emulated"]["machine"] == "aarch64"  # the agent said so, on ARM
