@@ -113,6 +113,10 @@ class HostLatency:
     note: str | None = None
     status: str | None = None
     reason: str | None = None
+    # how it was timed: the host target's protocol, as `edgeprune measure` times (the fastest
+    # of its passes, each a fresh session), and every pass's median
+    protocol: str | None = None
+    pass_medians_ms: list[float] | None = None
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,9 @@ def _export_one(fmt: str, model: nn.Module, path: Path, example: torch.Tensor,
 def _check_artifact(fmt: str, path: Path, x: torch.Tensor, ref: np.ndarray
                     ) -> tuple[ArtifactIO, Parity, HostLatency]:
     """The artifact's I/O description, a parity check on this host and its host latency."""
-    from edgeprune.runtimes import open_session, time_session
+    from edgeprune.profiling.measurement import time_artifacts
+    from edgeprune.runtimes import open_session
+    from edgeprune.targets import load_target
 
     if fmt == "coreml":
         io = ArtifactIO(TensorIO("input", (1, *x.shape[1:]), "NCHW", "float32"),
@@ -277,7 +279,9 @@ def _check_artifact(fmt: str, path: Path, x: torch.Tensor, ref: np.ndarray
     parity = Parity(images=int(len(x)), max_abs=float(diff.max()),
                     top1_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
                     runtime=sess.runtime, runtime_version=sess.runtime_version)
-    lat = time_session(sess, x[:1].numpy(), warmup=10, runs=50)
+    host = load_target(_HOST_TARGET[fmt])
+    lat = time_artifacts([path], host)[0]
+    m = host.measure
     n, c, h, w = sess.input_shape
     layout = "NHWC" if sess.runtime == "litert" else "NCHW"
     in_shape = (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
@@ -290,8 +294,16 @@ def _check_artifact(fmt: str, path: Path, x: torch.Tensor, ref: np.ndarray
         TensorIO(sess.input_name, in_shape, layout, str(getattr(sess, "input_dtype", "float32")), in_q),
         TensorIO(sess.output_name, dtype=str(getattr(sess, "output_dtype", "float32")), quantization=out_q),
         note)
-    return io, parity, HostLatency(lat.median_ms, lat.p10_ms, lat.p90_ms, lat.runs, 1, sess.runtime,
-                                   sess.runtime_version, "this export host, not the target device")
+    return io, parity, HostLatency(
+        lat.median_ms, lat.p10_ms, lat.p90_ms, lat.runs, host.threads, sess.runtime,
+        sess.runtime_version, "this export host, not the target device",
+        protocol=f"{host.name}: {m.passes} passes of {m.warmup} warm-up + {m.runs} timed runs, each "
+                 "pass a fresh session; the fastest pass's median (as edgeprune measure)",
+        pass_medians_ms=[round(v, 6) for v in lat.pass_medians_ms])
+
+
+# the local target whose protocol times each format on the export host
+_HOST_TARGET = {"tflite": "host-litert", "tflite-int8": "host-litert-int8", "onnx": "host-onnxruntime"}
 
 
 def _coreml_parity(path: Path, x: torch.Tensor, ref: np.ndarray) -> Parity:

@@ -321,7 +321,8 @@ def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[s
                         or len(share) != round_to + 1 or share[0] != 0 or share[-1] != 1
                         or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in share)):
                     raise ValueError(f"steps.{kind}.{axis}: need a share list of round_to + 1 = "
-                                     f"{round_to + 1} finite numbers from 0 to 1 on axis c_in or c_out")
+                                     f"{round_to + 1} finite numbers from 0 (first) to 1 (last) on axis "
+                                     "c_in or c_out")
                 v["share"] = [float(x) for x in share]
         return steps
     except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -500,6 +500,116 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[_Op
     return lambda op: fn(op.get("x"), op.get("y"))
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    import torch  # numpy has no erf; torch is an edgeprune dependency
+
+    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+
+def _gelu(op: _Op) -> np.ndarray:
+    x, mode = op.get("x"), str(op.scalar("mode", "EXACT"))
+    if mode == "EXACT":
+        return 0.5 * x * (1 + _erf(x / np.sqrt(2.0)))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * _sigmoid(1.702 * x)
+    raise op.unsupported(f"gelu mode {mode!r}")
+
+
+def _layer_norm(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    axes = tuple(a % x.ndim for a in op.ints("axes", tuple(range(x.ndim))))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    out = (x - mean) / np.sqrt(var + float(op.scalar("epsilon", 1e-5)))
+    if op.has("gamma"):
+        out = out * op.get("gamma").reshape(shape)
+    if op.has("beta"):
+        out = out + op.get("beta").reshape(shape)
+    return out
+
+
+def _thresholded_relu(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    return np.where(x < op.scalar("alpha", 1.0), np.zeros_like(x), x)
+
+
+def _split(op: _Op) -> tuple[np.ndarray, ...]:
+    x, axis = op.get("x"), int(op.scalar("axis"))
+    if op.has("split_sizes"):
+        sizes = [int(v) for v in np.ravel(op.get("split_sizes"))]
+    else:
+        n = int(op.scalar("num_splits"))
+        if x.shape[axis] % n:
+            raise op.unsupported(f"num_splits {n} of an axis of {x.shape[axis]} (uneven)")
+        sizes = [x.shape[axis] // n] * n
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def _slice_by_index(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    r = x.ndim
+    begin, end = np.ravel(op.get("begin")), np.ravel(op.get("end"))
+    stride = np.ravel(op.get("stride")) if op.has("stride") else np.ones(r, np.int64)
+    masks = {k: (np.ravel(op.get(k)) if op.has(k) else np.zeros(r, bool))
+             for k in ("begin_mask", "end_mask", "squeeze_mask")}
+    index: list[Any] = []
+    for i in range(r):
+        if masks["squeeze_mask"][i]:
+            index.append(int(begin[i]))
+            continue
+        index.append(slice(None if masks["begin_mask"][i] else int(begin[i]),
+                           None if masks["end_mask"][i] else int(end[i]), int(stride[i])))
+    return x[tuple(index)]
+
+
+def _slice_by_size(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    begin, size = np.ravel(op.get("begin")), np.ravel(op.get("size"))
+    return x[tuple(slice(int(b), None if int(n) == -1 else int(b) + int(n))
+                   for b, n in zip(begin, size, strict=True))]
+
+
+def _scale_factors(op: _Op) -> tuple[float, float]:
+    return float(op.scalar("scale_factor_height", 1)), float(op.scalar("scale_factor_width", 1))
+
+
+def _upsample_nearest(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    fh, fw = _scale_factors(op)
+    if fh != int(fh) or fw != int(fw) or fh < 1 or fw < 1:
+        raise op.unsupported(f"scale factors {fh} x {fw} (only whole ones are)")
+    return np.repeat(np.repeat(x, int(fh), axis=-2), int(fw), axis=-1)
+
+
+def _linear_weights(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source rows i0, i1 and the weight of i1 for each output row (MIL's grid)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        pos = i * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        spacing = n_in / n_out
+        pos = i * spacing + 0.5 * spacing - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def _upsample_bilinear(op: _Op) -> np.ndarray:
+    x = op.get("x")
+    fh, fw = _scale_factors(op)
+    h, w = x.shape[-2:]
+    ho, wo = int(np.floor(h * fh)), int(np.floor(w * fw))
+    align = bool(op.scalar("align_corners", True))
+    a0, a1, wa = _linear_weights(h, ho, align)
+    b0, b1, wb = _linear_weights(w, wo, align)
+    rows = x[..., a0, :] * (1 - wa)[:, None] + x[..., a1, :] * wa[:, None]
+    return rows[..., b0] * (1 - wb) + rows[..., b1] * wb
+
+
 _KERNELS: dict[str, Callable[[_Op], Any]] = {
     "cast": _cast,
     "identity": _unary(lambda x: x),
@@ -538,6 +648,28 @@ _KERNELS: dict[str, Callable[[_Op], Any]] = {
     "expand_dims": lambda op: np.expand_dims(op.get("x"), op.ints("axes")),
     "pad": _pad,
     "concat": _concat,
+    "gelu": _gelu,
+    "erf": _unary(_erf),
+    "elu": lambda op: (lambda x, a: np.where(x > 0, x, a * (np.exp(np.minimum(x, 0)) - 1)))(
+        op.get("x"), op.scalar("alpha", 1.0)),
+    "softplus": _unary(lambda x: np.logaddexp(0, x)),
+    "linear_activation": lambda op: op.scalar("alpha") * op.get("x") + op.scalar("beta", 0.0),
+    "threshold": lambda op: np.maximum(op.get("x"), op.scalar("alpha")),
+    "thresholded_relu": _thresholded_relu,
+    "layer_norm": _layer_norm,
+    "split": _split,
+    "slice_by_index": _slice_by_index,
+    "slice_by_size": _slice_by_size,
+    "tile": lambda op: np.tile(op.get("x"), op.ints("reps")),
+    "upsample_nearest_neighbor": _upsample_nearest,
+    "upsample_bilinear": _upsample_bilinear,
+    "greater": _binary(np.greater),
+    "greater_equal": _binary(np.greater_equal),
+    "less": _binary(np.less),
+    "less_equal": _binary(np.less_equal),
+    "equal": _binary(np.equal),
+    "not_equal": _binary(np.not_equal),
+    "select": lambda op: np.where(op.get("cond"), op.get("a"), op.get("b")),
 }
 
 #: Every MIL op type the interpreter evaluates (``const`` is read, not run).

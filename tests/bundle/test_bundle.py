@@ -68,6 +68,11 @@ def test_bundle_contents_and_model_json(bundle):
     for fmt in ("tflite", "onnx"):
         assert arts[fmt]["parity"]["max_abs"] <= 1e-4 and arts[fmt]["parity"]["top1_agreement"] == 1.0
         assert arts[fmt]["host_latency"]["median_ms"] > 0
+    host = {"tflite": "host-litert", "tflite-int8": "host-litert-int8", "onnx": "host-onnxruntime"}
+    for fmt, target in host.items():  # timed by the host target's protocol, as measure times
+        lat = arts[fmt]["host_latency"]
+        assert lat["protocol"].startswith(f"{target}: 3 passes") and len(lat["pass_medians_ms"]) == 3
+        assert lat["median_ms"] == pytest.approx(min(lat["pass_medians_ms"]), rel=1e-4)
     assert arts["tflite-int8"]["parity"]["top1_agreement"] >= 0.95
     import hashlib
     assert hashlib.sha256((d / "model.tflite").read_bytes()).hexdigest() == arts["tflite"]["sha256"]

@@ -208,6 +208,53 @@ def test_ops_beyond_the_zoo_fp32_parity(tmp_path):
     assert np.abs(got - ref).max() <= FP32_ATOL, _report("ops fp32", got, ref)
 
 
+class V3Net(nn.Module):
+    """MobileNetV3-style blocks (hard-swish, squeeze-excitation with hard-sigmoid, grouped and
+    depthwise convs) and what mobile heads add: GELU, both upsampling modes, slices, a split,
+    a concat of many inputs, layer norm, thresholds."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.group = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16))
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.ReLU(),
+                                nn.Conv2d(4, 16, 1), nn.Hardsigmoid())
+        self.norm = nn.LayerNorm(24)
+        self.fc = nn.Linear(24 + 8, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = F.gelu(self.group(y)) + F.gelu(y, approximate="tanh") + F.threshold(y, 0.1, 0.0)
+        d = F.hardswish(self.dw(y))
+        y = y + d * self.se(d)
+        up = F.interpolate(y, scale_factor=2, mode="nearest")
+        lin = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+        corner = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True)
+        y = F.avg_pool2d(up + lin - corner, 2)
+        a, b = torch.split(y, [6, 10], dim=1)
+        crop = y[:, 2:10, 1:7, ::2]
+        z = torch.cat([a.mean((2, 3)), b.amax((2, 3)), crop.mean((2, 3))], 1)
+        return self.fc(torch.cat([self.norm(z), F.elu(z[:, :8])], 1))
+
+
+@pytest.mark.parametrize("precision, atol", [("fp32", FP32_ATOL), ("fp16", FP16_ATOL)])
+def test_mobile_ops_parity_fp32_and_fp16(tmp_path, precision, atol):
+    torch.manual_seed(0)
+    model = randomize_bn(V3Net()).eval()
+    x = _inputs(8, seed=4)
+    _realistic_logits(model, x)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = to_coreml(model, tmp_path / f"v3_{precision}.mlpackage", x[:1], precision=precision)
+    ops = set(load_mlpackage(path).op_types)
+    assert {"gelu", "layer_norm", "split", "slice_by_index", "upsample_nearest_neighbor",
+            "upsample_bilinear", "sigmoid_hard", "concat", "conv", "thresholded_relu"} <= ops, sorted(ops)
+    got = run_mlpackage(path, x.numpy())
+    assert np.abs(got - ref).max() <= atol, _report(f"mobile ops {precision}", got, ref)
+    assert (got.argmax(1) == ref.argmax(1)).all(), _report(f"mobile ops {precision}", got, ref)
+
+
 # ------------------------------------------------------------------------------ corruption
 
 
@@ -280,17 +327,17 @@ def test_wrong_input_shape(tiny):
 
 
 def test_unsupported_op_raises_and_is_named(tmp_path):
-    class Gelu(nn.Module):
+    class Cumsum(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3)
 
         def forward(self, x):
-            return F.gelu(self.conv(x)).mean((2, 3))
+            return self.conv(x).cumsum(1).mean((2, 3))
 
-    path = to_coreml(Gelu(), tmp_path / "gelu.mlpackage", torch.zeros(1, 3, 8, 8),
+    path = to_coreml(Cumsum(), tmp_path / "cumsum.mlpackage", torch.zeros(1, 3, 8, 8),
                      precision="fp32")
-    with pytest.raises(UnsupportedOpError, match="gelu"):
+    with pytest.raises(UnsupportedOpError, match="cumsum"):
         run_mlpackage(path, np.zeros((1, 3, 8, 8), np.float32))
     assert not issubclass(UnsupportedOpError, ParityError)  # "not checked", never "fail"/"pass"
 
