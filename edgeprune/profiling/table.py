@@ -40,7 +40,8 @@ FLAT_SHARE = 0.1
 FLAT_MS = 0.002
 # a staircase that misses the measured shares by more than half a step (rms) does not describe
 # the runtime: ONNX Runtime takes a slower path for input channels that are not a multiple of
-# 4 (on this project's host 33 channels cost 1.8 steps, 36 cost 0.6), which no staircase fits
+# 4 (in one probe on this project's host 33 channels cost 1.8 steps, 36 cost 0.6), which no
+# staircase fits
 IRREGULAR_RMS = 0.5
 # a larger tile must cut the staircase's squared error to below this share of the best so far
 STEP_EVIDENCE = 0.5
@@ -54,19 +55,21 @@ def fit_step(base_ms: float, offset_ms: Sequence[float], next_ms: float) -> dict
     The measured share of the step's rise paid at ``b + d`` is ``m[d] = (L(b+d) - L(b)) /
     (L(b+round_to) - L(b))``. A runtime that computes channels in tiles of ``s`` pays
     ``ceil(d / s) * s / round_to`` of it; one that switches to a narrower, slower kernel for a
-    small remainder pays more (on this project's AVX2 host XNNPACK's 3x3 conv at 33-40 output
-    channels costs more than at 48). The model is that staircase times a height ``h >= 1``
+    small remainder pays more (in one sweep on this project's AVX2 host XNNPACK's 3x3 conv at
+    33-40 output channels cost more than at 48). The model is that staircase times a height ``h >= 1``
     (a width cannot cost less than the tiles it fills; a lower fit is timing noise): for each
     divisor ``s`` of round_to, ``h`` is fitted by least squares to all offsets at once
     (single points are too noisy to use one by one). Going from the smallest ``s`` up, a
     larger tile is taken only when it cuts the squared error to under :data:`STEP_EVIDENCE`
     of the best so far: a noisy straight line must not be read as a staircase (on this
     project's host one probe of a conv's input channels fitted a 16-tile staircase as well as
-    a line, and doubled every off-grid prediction). When even the best staircase misses
-    by more than :data:`IRREGULAR_RMS`, the step is ``irregular`` and ``share`` is the measured
-    share of each width (negative noise clipped to 0), used as it is. ``share`` is the fitted staircase, ``share[0] = 0``
-    and ``share[round_to] = 1`` (the grid widths are measured). A flat step (see
-    :data:`FLAT_SHARE`) gives the straight line ``d / round_to``."""
+    a line, and doubled every off-grid prediction).
+
+    ``share`` (round_to + 1 numbers, ``share[0] = 0`` and ``share[round_to] = 1``: the grid
+    widths are measured) is the fitted staircase; when even the best staircase misses by more
+    than :data:`IRREGULAR_RMS` the step is ``irregular`` and ``share`` is the measured share of
+    each width (negative noise clipped to 0); a flat step (see :data:`FLAT_SHARE`) gives the
+    straight line ``d / round_to``."""
     r = len(offset_ms) + 1
     rise = next_ms - base_ms
     measured = [(v - base_ms) / rise if rise else 0.0 for v in offset_ms]
