@@ -78,14 +78,16 @@ def fit_step(base_ms: float, offset_ms: Sequence[float], next_ms: float) -> dict
     if rise <= max(FLAT_SHARE * max(next_ms, base_ms), FLAT_MS):
         return {**out, "flat": True, "irregular": False, "step": 1, "height": 1.0, "fit_rms": None,
                 "share": [d / r for d in range(r + 1)]}
-    best: tuple[float, int, float] | None = None
-    for s in (k for k in range(1, r + 1) if r % k == 0):
+    def staircase(s: int) -> tuple[float, int, float]:
         f = [math.ceil(d / s) * s / r for d in range(1, r)]
         h = max(1.0, sum(m * x for m, x in zip(measured, f, strict=True)) / sum(x * x for x in f))
-        sse = sum((m - h * x) ** 2 for m, x in zip(measured, f, strict=True))
-        if best is None or sse < STEP_EVIDENCE * best[0]:
-            best = (sse, s, h)
-    assert best is not None
+        return sum((m - h * x) ** 2 for m, x in zip(measured, f, strict=True)), s, h
+
+    best = staircase(1)  # the straight line
+    for s in (k for k in range(2, r + 1) if r % k == 0):
+        fit = staircase(s)
+        if fit[0] < STEP_EVIDENCE * best[0]:
+            best = fit
     sse, s, h = best
     rms = math.sqrt(sse / (r - 1))
     if rms > IRREGULAR_RMS:  # not a staircase: the measured share of every width is kept

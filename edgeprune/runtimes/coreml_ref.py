@@ -457,7 +457,11 @@ def _batch_norm(op: _Op) -> np.ndarray:
     x = op.get("x")
     shape = (1, -1) + (1,) * (x.ndim - 2)
     scale = 1.0 / np.sqrt(op.get("variance") + float(op.scalar("epsilon", 1e-5)))
-    out = (x - op.get("mean").reshape(shape)) * scale.reshape(shape)
+    return _gamma_beta(op, (x - op.get("mean").reshape(shape)) * scale.reshape(shape), shape)
+
+
+def _gamma_beta(op: _Op, out: np.ndarray, shape) -> np.ndarray:
+    """A normalisation's optional scale and shift, broadcast as ``shape``."""
     if op.has("gamma"):
         out = out * op.get("gamma").reshape(shape)
     if op.has("beta"):
@@ -523,12 +527,7 @@ def _layer_norm(op: _Op) -> np.ndarray:
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    out = (x - mean) / np.sqrt(var + float(op.scalar("epsilon", 1e-5)))
-    if op.has("gamma"):
-        out = out * op.get("gamma").reshape(shape)
-    if op.has("beta"):
-        out = out + op.get("beta").reshape(shape)
-    return out
+    return _gamma_beta(op, (x - mean) / np.sqrt(var + float(op.scalar("epsilon", 1e-5))), shape)
 
 
 def _thresholded_relu(op: _Op) -> np.ndarray:
