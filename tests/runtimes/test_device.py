@@ -104,6 +104,29 @@ def test_run_equals_a_local_run_bit_for_bit(device, artifacts, kind):
         assert got.dtype == np.int8
 
 
+def test_run_sends_the_inputs_in_batches_and_keeps_their_order(device, artifacts):
+    """A long run is split into requests of ``batch`` images (each under the agent's time
+    limit on a slow device); the outputs are the same as one local run, in order."""
+    paths, x = artifacts
+    inputs = _raw_inputs(paths["tflite"], x)
+    sent = []
+    ask = device._ask
+
+    def counting(req, *a, **kw):
+        sent.append(len(agent.decode_array(req["inputs"], "inputs")) if req["op"] == "run" else None)
+        return ask(req, *a, **kw)
+
+    device._ask = counting
+    try:
+        got = device.run(paths["tflite"], inputs, batch=4)
+    finally:
+        device._ask = ask
+    assert sent == [4, 2]
+    assert np.array_equal(got, _local_raw(paths["tflite"], inputs))
+    with pytest.raises(ConfigError, match="batch=0"):
+        device.run(paths["tflite"], inputs, batch=0)
+
+
 def test_measure_and_measure_many_report_every_pass_and_the_device(device, artifacts):
     paths, _ = artifacts
     tfl = [paths["tflite"], paths["int8"]]
