@@ -14,10 +14,12 @@ import torch.nn.functional as F
 
 from edgeprune.errors import DataError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SHAPES_SIZES = {"train": 10000, "test": 2000}
-SHAPES_SEEDS = {"train": 0, "test": 1}  # disjoint streams: test images are never train images
+SHAPES_SIZES = {"train": 10000, "val": 2000, "test": 2000}
+# disjoint streams: test images are never train images; val (for every choice a method or a
+# benchmark makes) is drawn apart from both, so the test split is read for final tables only
+SHAPES_SEEDS = {"train": 0, "test": 1, "val": 2}
 _DIGITS_SPLIT_SEED = 0
 
 
@@ -142,6 +144,9 @@ def _open_shapes(split: str, hw: tuple[int, int], limit: int | None) -> ImageSou
 def _open_digits(split: str, hw: tuple[int, int]) -> ImageSource:
     from sklearn.datasets import load_digits
 
+    if split == "val":
+        raise DataError("digits has no val split (1,797 images: train and test only); use shapes, "
+                        "or data of your own with a val folder or x_val/y_val arrays")
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)  # (1797, 8, 8) in [0, 1]
     order = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(x))
@@ -178,6 +183,9 @@ def _open_path(path: Path, split: str | None, hw: tuple[int, int]) -> ImageSourc
 
 
 def _open_cifar10(path: Path, split: str, hw: tuple[int, int]) -> ImageSource:
+    if split == "val":
+        raise DataError(f"CIFAR-10 directory {str(path)!r} has train and test batches only, no val "
+                        "split; hold images out into an .npz with x_val/y_val arrays")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     files = [path / n for n in names if (path / n).exists()]
     if not files:

@@ -33,12 +33,19 @@ def test_shapes_images_carry_the_shape():
     assert (pred == y).mean() < 0.35
 
 
-def test_shapes_train_and_test_differ():
-    tr = data.open("shapes:train", limit=100)
-    te = data.open("shapes:test", limit=100)
-    xtr, _ = tr.get_batch(np.arange(100))
-    xte, _ = te.get_batch(np.arange(100))
-    assert not torch.equal(xtr, xte)
+def test_shapes_train_val_and_test_share_no_image():
+    """The val split (every choice a benchmark makes) is drawn apart from train and test."""
+    seen = {}
+    for split in ("train", "val", "test"):
+        src = data.open(f"shapes:{split}", labels=True)
+        assert len(src) == data.sources.SHAPES_SIZES[split]
+        x, _ = src.get_batch(np.arange(len(src)))
+        seen[split] = {bytes(img.numpy().tobytes()) for img in x}
+    assert not seen["val"] & seen["train"] and not seen["val"] & seen["test"]
+    assert not seen["train"] & seen["test"]
+    for spec in ("digits:val",):
+        with pytest.raises(DataError, match="no val split"):
+            data.open(spec)
 
 
 def test_shapes_unlabeled_by_default_and_labels_on_request():
@@ -205,8 +212,8 @@ def test_bad_specs(spec, message):
 
 
 def test_bad_split_and_limit():
-    with pytest.raises(DataError, match="split 'val'"):
-        data.open("shapes", split="val")
+    with pytest.raises(DataError, match="split 'dev'"):
+        data.open("shapes", split="dev")
     with pytest.raises(DataError, match="limit=0"):
         data.open("shapes", limit=0)
 
