@@ -93,17 +93,25 @@ class EvalResult:
 def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
           config: TrainConfig = TrainConfig(), val: ImageSource | None = None,
           on_progress: Callable[[Progress], None] | None = None,
-          device: str | torch.device = "cpu") -> TrainResult:
+          device: str | torch.device = "cpu", teacher: nn.Module | None = None,
+          tau: float = 4.0) -> TrainResult:
     """Train a copy of ``model`` with labels from ``data``; evaluate on ``val`` each epoch.
 
-    ``device`` is where the steps run (e.g. ``"cuda"``); batches are made on the CPU and the
-    returned model is always on the CPU.
+    With ``teacher``, no label is read: the loss is knowledge distillation from the frozen
+    teacher's logits (``tau^2 * KL`` at temperature ``tau``, Hinton et al.), which is how a
+    pruned model is fine-tuned without labels. ``device`` is where the steps run (e.g.
+    ``"cuda"``); batches are made on the CPU and the returned model is always on the CPU.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={str(device)!r} is not available here (no CUDA); use device='cpu'")
-    if not data.labels_requested:
-        raise DataError(f"training needs labels; open {data.name!r} with labels=True")
+    if teacher is None and not data.labels_requested:
+        raise DataError(f"training needs labels; open {data.name!r} with labels=True, or give "
+                        "teacher= to distill without labels")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ConfigError(f"tau={tau} is invalid; need a finite temperature > 0")
+    if teacher is not None:
+        teacher = copy.deepcopy(teacher).to(device).eval()
     if data.num_classes and _num_outputs(model, input_spec) < data.num_classes:
         raise ConfigError(
             f"model has {_num_outputs(model, input_spec)} outputs but data {data.name!r} has "
@@ -130,12 +138,21 @@ def train(model: nn.Module, data: ImageSource, *, input_spec: InputSpec,
     for epoch in range(config.epochs):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in batches(data, config.batch_size, mean=input_spec.mean, std=input_spec.std,
-                            shuffle=True, seed=config.seed * 1000 + epoch,
-                            augment=config.augment, drop_last=True):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for b in batches(data, config.batch_size, mean=input_spec.mean, std=input_spec.std,
+                         shuffle=True, seed=config.seed * 1000 + epoch,
+                         augment=config.augment, drop_last=True):
+            x, y = b if isinstance(b, tuple) else (b, None)
+            x = x.to(device, non_blocking=True)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if teacher is None:
+                y = y.to(device, non_blocking=True)
+                loss = F.cross_entropy(logits, y)
+            else:  # labels, if the source has them, are not read
+                with torch.no_grad():
+                    t = F.log_softmax(teacher(x) / tau, dim=1)
+                    y = t.argmax(1)  # "train_top1" is then agreement with the teacher
+                loss = tau * tau * F.kl_div(F.log_softmax(logits / tau, dim=1), t, log_target=True,
+                                            reduction="batchmean")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

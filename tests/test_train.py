@@ -64,6 +64,27 @@ def test_training_needs_labels(tiny_data):
         train(models.create("resnet20"), data.open("shapes", limit=8), input_spec=spec)
 
 
+def test_distillation_reads_no_label_and_moves_the_student_to_the_teacher(tiny_data):
+    """With a teacher, training needs no labels (the data is opened without them) and the
+    student's agreement with the teacher rises; the teacher's own labels-free targets are the
+    only signal (its predictions differ from the true labels, and the student follows it)."""
+    from tests.nets import TinyNet
+
+    src, spec = tiny_data
+    unlabeled = data.open("shapes", limit=256)
+    torch.manual_seed(0)
+    teacher = TinyNet().eval()  # random: its argmax is far from the true labels
+    student = TinyNet()
+    before = evaluate(student, src, input_spec=spec, reference=teacher)
+    res = train(student, unlabeled, input_spec=spec, teacher=teacher,
+                config=TrainConfig(epochs=6, batch_size=32, lr=0.05, augment=False, seed=0))
+    after = evaluate(res.model, src, input_spec=spec, reference=teacher)
+    assert after.agreement > before.agreement + 0.2, (before, after)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    with pytest.raises(ConfigError, match="tau=0"):
+        train(student, unlabeled, input_spec=spec, teacher=teacher, tau=0)
+
+
 def test_too_few_outputs(tiny_data):
     src, spec = tiny_data
     with pytest.raises(ConfigError, match="num_classes=10"):
