@@ -35,7 +35,8 @@ _LAZY = {
 }
 # subpackages reachable as attributes (edgeprune.data.open(...)) without an import statement
 _SUBMODULES = ("agent", "api", "budgets", "bundle", "convert", "data", "errors", "graph", "models",
-               "profiling", "pruning", "runtimes", "targets", "train", "types", "validation")
+               "profiling", "pruning", "reporting", "runtimes", "targets", "train", "types",
+               "validation")
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -250,6 +251,37 @@ def cmd_prune(a: argparse.Namespace) -> int:
     res.save(out, spec=spec, metadata=meta, report=report, title=str(a.checkpoint), command=command)
     print(res)
     print(f"wrote {out / 'model.safetensors'}, {out / 'prune_report.json'}, {out / 'prune_report.md'}")
+    _prune_plots(out)
+    return 0
+
+
+def _report_images(report: Path) -> list[str]:
+    """The PNG files a report.md embeds, in order."""
+    return re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report.read_text())
+
+
+def _prune_plots(out: Path) -> None:
+    """report.md with plots beside what `prune` wrote; without matplotlib, say how to get it."""
+    from edgeprune.errors import MissingDependencyError
+    from edgeprune.reporting import write_report
+
+    try:
+        path = write_report(out)
+    except MissingDependencyError:
+        print(f"report with plots skipped: matplotlib is not installed; pip install "
+              f"'edgeprune[report]', then edgeprune report {shlex.quote(str(out))}")
+        return
+    print(f"wrote {path} ({', '.join(_report_images(path))})")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from edgeprune.reporting import write_report
+
+    out = _out_dir(a.out) if a.out else None
+    path = write_report(a.run, out)
+    print(f"wrote {path}")
+    for name in _report_images(path):
+        print(f"  {name}")
     return 0
 
 
@@ -523,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--target", required=True)
     me.add_argument("--json", action="store_true")
     me.set_defaults(func=cmd_measure)
+
+    rp = sub.add_parser("report",
+                        help="Markdown report with PNG plots of a prune run or a benchmark")
+    rp.add_argument("run", help="output directory of 'edgeprune prune' (prune_report.json), a "
+                                "directory holding a benchmark's pruning.json, or that file")
+    rp.add_argument("--out", default=None, help="directory for report.md and the plots "
+                                                "(default: the run's directory)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

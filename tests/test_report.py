@@ -1,0 +1,208 @@
+"""write_report renders real PNGs with matplotlib and a Markdown file that links each of them;
+a bad run fails with a one-line ConfigError naming the path; `edgeprune report` wraps it."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from edgeprune.cli import _prune_plots, main
+from edgeprune.errors import ConfigError, MissingDependencyError
+from edgeprune.reporting import write_report
+
+pytest.importorskip("matplotlib", reason="reports need matplotlib: pip install 'edgeprune[report]'")
+
+PLOT_PX = (770, 495)  # 7 x 4.5 inches at 110 dpi
+TRAINING_PX = (770, 770)  # 7 x 7 inches at 110 dpi
+
+WIDTHS_BEFORE = {"conv1": [3, 16], "layer1.conv": [16, 32], "fc": [32, 10]}
+WIDTHS_AFTER = {"conv1": [3, 8], "layer1.conv": [8, 16], "fc": [16, 10]}
+HISTORY = [
+    {"step": 0, "lr": 0.01, "budget_t": 1.0, "predicted": [1.0, 1.0], "sparsity": 0.0},
+    {"step": 10, "lr": 0.01, "budget_t": 0.8, "kd": 0.9, "feat": 1e-3, "ml": 0.2,
+     "predicted": [0.85, 0.9], "sparsity": 0.2},
+    {"step": 20, "lr": 0.005, "budget_t": 0.6, "kd": 0.5, "feat": 5e-4, "ml": 0.1,
+     "predicted": [0.62, 0.65], "sparsity": 0.4},
+    {"step": 30, "lr": 0.001, "budget_t": 0.5, "kd": 0.4, "feat": 4e-4, "ml": 0.05,
+     "predicted": [0.5, 0.52], "sparsity": 0.5},
+]
+
+
+def prune_report(**over):
+    return {"target": "host-litert", "cost_unit": "ms", "cost_source": "measured",
+            "baseline_predicted": 1.0, "predicted": 0.5, "budget": 0.5,
+            "group_widths_before": {"conv1": 16, "layer1.conv": 32},
+            "group_widths_after": {"conv1": 8, "layer1.conv": 16},
+            "widths_before": WIDTHS_BEFORE, "widths_after": WIDTHS_AFTER,
+            "params_before": 12_000, "params_after": 3_500, "macs_before": 4_000_000,
+            "macs_after": 1_100_000, "history": HISTORY, **over}
+
+
+INFEASIBLE = "no widths fit 0.2 ms at round_to 8"
+
+
+def benchmark():
+    common = {"model": "resnet20", "labels": False, "finetune_epochs": 0, "seed": 0,
+              "budget_ratio": 0.5, "budget_ms": 0.5, "baseline_ms": 1.0, "wall_s": 12.0,
+              "ran_on": "cpu"}
+    return {
+        "what": "a small benchmark", "host": {"cpu": "x86_64"},
+        "rows": [
+            {**common, "method": "edgeprune", "measured_ms": 0.48, "predicted_ms": 0.5,
+             "macs": 1_100_000, "params": 3_500, "top1": 0.91, "top1_before_finetune": None,
+             "history": HISTORY, "widths_before": WIDTHS_BEFORE, "widths_after": WIDTHS_AFTER},
+            {**common, "method": "tp-l1", "labels": True, "finetune_epochs": 2,
+             "measured_ms": 0.52, "predicted_ms": None, "macs": 1_200_000, "params": 3_700,
+             "top1": 0.9, "top1_before_finetune": 0.4},
+            {**common, "method": "tp-taylor", "budget_ratio": 0.2, "budget_ms": 0.2,
+             "infeasible": INFEASIBLE},
+        ],
+        "baselines": {"resnet20": {"measured_ms": 1.0, "predicted_ms": 1.02, "top1": 0.93,
+                                   "macs": 4_000_000, "params": 12_000}},
+    }
+
+
+def write(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def linked_pngs(report):
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+def assert_png(path, size):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        assert im.size == size, (path.name, im.size)
+
+
+def test_prune_report(tmp_path):
+    write(tmp_path / "prune_report.json", prune_report())
+    report = write_report(tmp_path)
+    assert report == tmp_path / "report.md"
+    assert linked_pngs(report) == ["widths.png", "training.png"]
+    assert_png(tmp_path / "widths.png", PLOT_PX)
+    assert_png(tmp_path / "training.png", TRAINING_PX)
+    text = report.read_text()
+    assert "| predicted cost (ms) | 1 | 0.5 |" in text
+    assert "| params | 12,000 | 3,500 |" in text
+    assert "| layer1.conv | 32 | 16 |" in text
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_many_layers_get_a_taller_horizontal_chart(tmp_path):
+    before = {f"l{i}": [8, 16] for i in range(40)}
+    after = {f"l{i}": [8, 8] for i in range(40)}
+    write(tmp_path / "prune_report.json", prune_report(widths_before=before, widths_after=after))
+    write_report(tmp_path)
+    assert_png(tmp_path / "widths.png", (770, 880))  # 1.2 + 0.17 * 40 = 8 inches tall
+
+
+def test_benchmark_report(tmp_path):
+    bench = write(tmp_path / "pruning.json", benchmark())
+    out = tmp_path / "out"
+    report = write_report(bench, out)  # a file, with the report elsewhere
+    assert report == out / "report.md"
+    names = ["accuracy_vs_latency_resnet20.png", "predicted_vs_measured_resnet20.png",
+             "widths_resnet20.png", "training_resnet20.png"]
+    assert linked_pngs(report) == names
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    for name in names:
+        assert_png(out / name, TRAINING_PX if name.startswith("training") else PLOT_PX)
+    text = report.read_text()
+    assert INFEASIBLE in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| tp-l1 |"))
+    assert row.split(" | ")[1:4] == ["yes", "2", "0"] and "40.00" in row and "0.520" in row
+    base = next(ln for ln in text.splitlines() if ln.startswith("| baseline"))
+    assert "| 1 | 1.000 | 1.02 | 4,000,000 | 12,000 | 93.00 |" in base
+
+
+def test_both_files_in_one_directory(tmp_path):
+    write(tmp_path / "prune_report.json", prune_report())
+    write(tmp_path / "pruning.json", benchmark())
+    report = write_report(tmp_path)
+    assert len(linked_pngs(report)) == 6
+    assert all((tmp_path / n).is_file() for n in linked_pngs(report))
+
+
+def test_a_directory_without_a_run_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="has no prune_report.json or pruning.json") as e:
+        write_report(tmp_path)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        write_report(tmp_path / "nope")
+
+
+def test_malformed_json_is_refused(tmp_path):
+    (tmp_path / "prune_report.json").write_text('{"target": "host-litert",')
+    with pytest.raises(ConfigError, match="is not valid JSON") as e:
+        write_report(tmp_path)
+    assert str(tmp_path / "prune_report.json") in str(e.value)
+    assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("name, obj, needles", [
+    ("prune_report.json", {k: v for k, v in prune_report().items() if k != "history"},
+     ["no 'history'", "edgeprune prune"]),
+    ("prune_report.json", prune_report(budget="0.5"), ["'budget' is '0.5', not a number"]),
+    ("prune_report.json", prune_report(widths_after={"conv1": [3, 8]}), ["different layers"]),
+    ("prune_report.json", prune_report(history=[{"step": 0, "budget_t": 1.0, "predicted": []}]),
+     ["history[0]", "one per student"]),
+    ("pruning.json", [1, 2], ["is a list, not a JSON object"]),
+    ("pruning.json", {**benchmark(), "baselines": {}}, ["rows[0]", "'resnet20'", "baselines"]),
+    ("pruning.json", {**benchmark(), "rows": [{"model": "resnet20", "method": "tp-l1"}]},
+     ["rows[0]", "no 'budget_ms'", "no 'measured_ms'", "no 'top1'"]),
+])
+def test_missing_or_wrong_keys_are_named(tmp_path, name, obj, needles):
+    write(tmp_path / name, obj)
+    with pytest.raises(ConfigError) as e:
+        write_report(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / name) in msg and "\n" not in msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(list(argv)))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_cli_report(capsys, tmp_path):
+    write(tmp_path / "prune_report.json", prune_report())
+    code, out, err = run(capsys, "report", str(tmp_path))
+    assert code == 0, err
+    assert out.splitlines() == [f"wrote {tmp_path / 'report.md'}", "  widths.png", "  training.png"]
+
+
+def test_cli_report_on_an_empty_directory(capsys, tmp_path):
+    code, out, err = run(capsys, "report", str(tmp_path))
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and str(tmp_path) in lines[0], err
+
+
+def test_without_matplotlib_the_report_says_how_to_get_it(monkeypatch, capsys, tmp_path):
+    write(tmp_path / "prune_report.json", prune_report())
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if absent
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgeprune\[report\]'"):
+        write_report(tmp_path)
+    _prune_plots(tmp_path)  # what `edgeprune prune` does at its end
+    out = capsys.readouterr().out.strip()
+    assert "skipped" in out and "edgeprune[report]" in out and f"edgeprune report {tmp_path}" in out
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_reports_need_no_torch(tmp_path):
+    write(tmp_path / "prune_report.json", prune_report())
+    code = ("import sys; from edgeprune.reporting import write_report; "
+            f"write_report({str(tmp_path)!r}); assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "training.png").is_file()
