@@ -1,0 +1,401 @@
+"""edgeprune against Torch-Pruning at equal **measured** latency on host-litert.
+
+For each committed ``shapes`` baseline and each budget (a fraction of the baseline's measured
+latency), every method prunes the same teacher:
+
+- ``edgeprune``: the default config, no labels, no fine-tuning (its budget is the fraction of
+  its profile's predicted baseline, which is the same fraction of the measured one while the
+  profile's error is proportional);
+- ``tp-l1``, ``tp-taylor``, ``tp-bnscale``: Torch-Pruning (GroupMagnitude p=1, GroupTaylor on
+  labeled batches, BNScale), ``round_to`` from the target. Its global pruning is not monotonic
+  in the ratio with ``round_to`` (a larger ratio can return a wider, even unpruned, model), so
+  the ratio is searched on a grid, global and uniform per layer; every candidate's widths are
+  checked and its latency predicted; the least-pruned candidates predicted near the budget are
+  measured side by side with the baseline, and the widest whose measured ratio is within 3% of
+  the budget is taken. It is then fine-tuned **with labels** for as many epochs as edgeprune
+  trained (top-1 before fine-tuning is kept), at the learning rate that scores best on the
+  validation split;
+- ``tp-distill``: the Torch-Pruning criterion that scored best on validation, fine-tuned
+  **without labels** by distillation from the teacher for the same epochs (what edgeprune's
+  training adds over "prune, then distill").
+
+``--ablations`` adds edgeprune's switches at 0.5x. ``--seeds`` repeats edgeprune and the best
+Torch-Pruning variant. Every choice is made on the ``val`` split; the test split is read once
+per row, for the table. All artifacts of one invocation are timed together, interleaved with the
+baseline, in ``--rounds`` rounds (the median of round values). Rows merge into
+``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
+
+    python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
+        [--methods edgeprune tp-l1 ...] [--ablations] [--seeds 0 1 2] [--epochs 8]
+        [--report-dir docs/benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _bench import ROOT, provenance
+
+import edgeprune
+from edgeprune import data
+from edgeprune._io import write_json
+from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.graph.groups import output_layers
+from edgeprune.graph.layers import layer_units
+from edgeprune.profiling import LatencyProfile
+from edgeprune.profiling.measurement import convert_for, time_artifacts
+from edgeprune.pruning import PruneConfig
+from edgeprune.targets import load_target
+from edgeprune.train import TrainConfig, evaluate, train
+
+BUDGETS = {"resnet20": (0.7, 0.5), "resnet56": (0.7, 0.5), "vgg_small": (0.5, 0.35, 0.25),
+           "mobilenetv2": (0.5, 0.35, 0.25)}
+TP_CRITERIA = ("l1", "taylor", "bnscale")
+METHODS = ("edgeprune", *(f"tp-{c}" for c in TP_CRITERIA), "tp-distill")
+ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
+    "edgeprune: no feature loss": {"feature_loss": False},
+    "edgeprune: no mutual learning": {"mutual_learning": False},
+    "edgeprune: one student": {"students": 1, "mutual_learning": False},
+    "edgeprune: plain Taylor": {"latency_weighting": False},
+    "edgeprune: static sparse set": {"dynamic_set": False},
+    "edgeprune: MACs cost": {},  # pruned on the macs target instead of the latency table
+}
+RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
+MATCH = 1.03  # a peer's measured ratio may exceed the budget by at most 3%
+MEASURE_AT_ONCE = 4  # candidates timed per side-by-side measurement
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    ap.add_argument("--budgets", nargs="+", type=float, default=None,
+                    help="fractions of the measured baseline (default: per model, see BUDGETS)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--ablations", action="store_true", help="edgeprune's switches at 0.5x")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="seeds for edgeprune and the best Torch-Pruning variant (others: the first)")
+    ap.add_argument("--epochs", type=int, default=8, help="edgeprune's epochs = the peers' fine-tuning")
+    ap.add_argument("--ft-lrs", nargs="+", type=float, default=[0.01, 0.05],
+                    help="peer fine-tuning learning rates, chosen on the val split")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=None, help="train images (default: all 10,000)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    ap.add_argument("--target", default="host-litert")
+    ap.add_argument("--quick", action="store_true",
+                    help="resnet20 at 0.5x, 1 epoch on 2,000 images, one learning rate")
+    ap.add_argument("--out", default=None, help="default bench/results/pruning.json (_quick)")
+    ap.add_argument("--report-dir", default=None, help="write `edgeprune report` there at the end")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.models, a.budgets = ["resnet20"], a.budgets or [0.5]
+        a.epochs, a.limit, a.rounds, a.ft_lrs = 1, a.limit or 2000, min(a.rounds, 3), a.ft_lrs[:1]
+    torch.set_num_threads(a.threads)
+    t = load_target(a.target)
+    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
+    doc = _load(out)
+    doc.update(provenance("pruning", "bench_pruning.py", argv))
+    doc["what"] = ("edgeprune (no labels, no fine-tuning) against Torch-Pruning (labels, fine-tuned "
+                   f"as many epochs) at equal measured latency on {t.name}; top-1 on shapes:test")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-pruning-") as d:
+        for name in a.models:
+            rows, base = _run_model(name, a, t, Path(d))
+            doc.setdefault("baselines", {})[name] = base
+            doc["rows"] = _merge(doc.get("rows", []), rows)
+            write_json(out, doc)  # after each model: a long matrix keeps what it measured
+    print(f"\nwrote {out}")
+    if a.report_dir:
+        from edgeprune.reporting import write_report
+
+        print(f"wrote {write_report(out, a.report_dir)}")
+    return 0
+
+
+# ---- one model ----------------------------------------------------------------------------
+
+class _Ctx:
+    """What every method of one model shares: teacher, data splits, profile, artifacts."""
+
+    def __init__(self, name: str, a, t, tmp: Path) -> None:
+        ckpt = ROOT / "bench" / "baselines" / f"{name}-shapes" / "model.safetensors"
+        self.name, self.a, self.t, self.tmp = name, a, t, tmp
+        self.teacher = edgeprune.load(ckpt)
+        self.spec = self.teacher.edgeprune_spec
+        hw, s = self.spec.input.hw, self.spec.input
+        self.train_unlabeled = data.open("shapes:train", size=hw, limit=a.limit)
+        self.train_labeled = data.open("shapes:train", labels=True, size=hw, limit=a.limit)
+        self.val = data.open("shapes:val", labels=True, size=hw)
+        self.test = data.open("shapes:test", labels=True, size=hw)
+        self.example = torch.zeros(1, *s.shape)
+        committed = ROOT / "profiles" / t.name / f"{self.spec.architecture}.json"
+        try:
+            self.profile = LatencyProfile.load(committed, target=t)
+        except ProfileError as e:
+            print(f"not using {committed.relative_to(ROOT)} ({str(e).split(';')[0]}); profiling now")
+            self.profile = edgeprune.profile(self.teacher, target=t)
+        self.round_to = t.round_to
+        self.tp_pruned: dict = {}  # (criterion, budget, seed) -> the peer's model before fine-tuning
+        self.base_art = self.artifact(self.teacher, "baseline")
+        self.base_pred = self.profile.predict_ms(self.teacher)
+        self.ran_on = f"CPU host ({torch.get_num_threads()} torch threads)"
+
+    def artifact(self, model, tag: str) -> Path:
+        return convert_for(model.eval(), self.t, self.tmp / f"{self.name}-{tag}.tflite", self.example)
+
+    def top1(self, model, split: str) -> float:
+        return evaluate(model, self.val if split == "val" else self.test, input_spec=self.spec.input).top1
+
+    def sizes(self, model) -> dict:
+        macs = sum(u.macs() for u in layer_units(model, tuple(self.spec.input.shape)))
+        return {"macs": int(macs), "params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
+    cx = _Ctx(name, a, t, tmp)
+    budgets = a.budgets or BUDGETS[name]
+    pending = []  # (row, model, artifact): timed together at the end
+    for r in budgets:
+        tp_models = {}
+        for seed in a.seeds:
+            first = seed == a.seeds[0]
+            if "edgeprune" in a.methods:
+                pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
+            if first and a.ablations and r == 0.5:
+                for label, switches in ABLATIONS.items():
+                    pending.append(_edgeprune(cx, r, seed, switches, label))
+            best = _best(tp_models)
+            for c in TP_CRITERIA:
+                if f"tp-{c}" in a.methods and (first or c == best):
+                    item = _tp(cx, r, seed, c)
+                    pending.append(item)
+                    if first:
+                        tp_models[c] = item
+            if first and "tp-distill" in a.methods and _best(tp_models):
+                pending.append(_tp_distill(cx, r, seed, _best(tp_models)))
+    rows = _time_together(cx, pending)
+    base = {"measured_ms": statistics.median(cx.base_rounds), "predicted_ms": cx.base_pred,
+            "top1": cx.top1(cx.teacher, "test"), "top1_val": cx.top1(cx.teacher, "val"),
+            **cx.sizes(cx.teacher)}
+    return rows, base
+
+
+def _best(tp_models: dict) -> str | None:
+    """The Torch-Pruning criterion with the best val top-1 after fine-tuning."""
+    ok = {c: it[0] for c, it in tp_models.items() if "infeasible" not in it[0]}
+    return max(ok, key=lambda c: ok[c]["top1_val"]) if ok else None
+
+
+def _row(cx: _Ctx, method: str, r: float, seed: int, **kw) -> dict:
+    return {"model": cx.name, "method": method, "budget_ratio": r, "seed": seed,
+            "ran_on": cx.ran_on, **kw}
+
+
+# ---- edgeprune ----------------------------------------------------------------------------
+
+def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
+    a = cx.a
+    cfg = PruneConfig().replace(epochs=a.epochs, seed=seed, **switches)
+    if a.quick:
+        cfg = cfg.replace(update_interval=5)  # ~30 steps: re-choose the sparse set often enough
+    batches = data.Batches(cx.train_unlabeled, a.batch_size, mean=cx.spec.input.mean,
+                           std=cx.spec.input.std, augment=True, fixed_batches=cfg.heldout_batches,
+                           seed=seed)
+    macs = label.endswith("MACs cost")
+    t0 = time.perf_counter()
+    try:
+        res = edgeprune.prune(cx.teacher, batches, target="macs" if macs else cx.t,
+                              profile=None if macs else cx.profile, budget_ratio=r, config=cfg)
+    except ConfigError as e:
+        if "smallest reachable" not in str(e):
+            raise
+        print(f"{cx.name} {label} {r}x: infeasible: {e}", flush=True)
+        return _row(cx, label, r, seed, labels=False, finetune_epochs=0, infeasible=str(e)), None, None
+    wall = time.perf_counter() - t0
+    row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=a.epochs,
+               switches=switches, wall_s=round(wall, 1), top1_val=cx.top1(res.model, "val"),
+               top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
+               pruner_budget=res.budget, pruner_cost_unit=res.cost_unit,
+               cost_target="macs" if macs else cx.t.name,
+               history=list(res.history), widths_before=res.to_dict()["widths_before"],
+               widths_after=res.to_dict()["widths_after"],
+               group_widths_after=res.group_widths_after, student=res.student)
+    print(f"{cx.name} {label} {r}x seed {seed}: val {100 * row['top1_val']:.2f}% in {wall:.0f} s",
+          flush=True)
+    return row, res.model, cx.artifact(res.model, f"{label}-{r}-{seed}".replace(" ", "_").replace(":", ""))
+
+
+# ---- Torch-Pruning ------------------------------------------------------------------------
+
+def _tp_prune(cx: _Ctx, criterion: str, ratio: float, global_: bool, batch):
+    import torch_pruning as tp
+
+    m = copy.deepcopy(cx.teacher)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    imp = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+           "taylor": tp.importance.GroupTaylorImportance,
+           "bnscale": tp.importance.BNScaleImportance}[criterion]()
+    pruner = tp.pruner.MetaPruner(m, cx.example, importance=imp, global_pruning=global_,
+                                  pruning_ratio=ratio, ignored_layers=output_layers(m, cx.example),
+                                  round_to=cx.round_to)
+    if criterion == "taylor":  # Taylor needs gradients: the labeled peer uses labels
+        m.eval()
+        m.zero_grad()
+        F.cross_entropy(m(batch[0]), batch[1]).backward()
+    pruner.step()
+    m.zero_grad(set_to_none=True)
+    return m.eval()
+
+
+def _tp_search(cx: _Ctx, criterion: str, r: float):
+    """The widest Torch-Pruning model whose measured latency is within 3% of ``r`` x the
+    baseline's (measured side by side). Returns (model, search record) or (None, record)."""
+    x, y = next(iter(data.batches(cx.train_labeled, 128, mean=cx.spec.input.mean,
+                                  std=cx.spec.input.std)))
+    base_params = sum(p.numel() for p in cx.teacher.parameters())
+    cands = []
+    for global_ in (True, False):
+        for ratio in RATIO_GRID:
+            m = _tp_prune(cx, criterion, ratio, global_, (x, y))
+            params = sum(p.numel() for p in m.parameters())
+            if params >= base_params:  # the trap: an "pruned" model that kept every channel
+                continue
+            cands.append({"model": m, "ratio": ratio, "global": global_, "params": params,
+                          "predicted_ratio": cx.profile.predict_ms(m) / cx.base_pred})
+    near = sorted((c for c in cands if c["predicted_ratio"] <= r * 1.15),
+                  key=lambda c: -c["predicted_ratio"])
+    measured = []
+    for i in range(0, len(near), MEASURE_AT_ONCE):
+        chunk = near[i:i + MEASURE_AT_ONCE]
+        arts = [cx.artifact(c["model"], f"tp-{criterion}-cand{i + k}") for k, c in enumerate(chunk)]
+        stats = time_artifacts([cx.base_art, *arts], cx.t)
+        for c, st in zip(chunk, stats[1:], strict=True):
+            c["measured_ratio"] = st.median_ms / stats[0].median_ms
+            measured.append(c)
+        ok = [c for c in measured if c["measured_ratio"] <= r * MATCH]
+        if ok:
+            best = max(ok, key=lambda c: c["measured_ratio"])
+            return best, _search_record(cands, measured, best)
+    return None, _search_record(cands, measured, None)
+
+
+def _search_record(cands, measured, best) -> dict:
+    keep = ("ratio", "global", "params", "predicted_ratio", "measured_ratio")
+    return {"candidates": len(cands), "measured": [{k: c.get(k) for k in keep} for c in measured],
+            "chosen": {k: best.get(k) for k in keep} if best else None}
+
+
+def _tp(cx: _Ctx, r: float, seed: int, criterion: str):
+    t0 = time.perf_counter()
+    best, search = _tp_search(cx, criterion, r)
+    method = f"tp-{criterion}"
+    if best is None:
+        why = (f"no Torch-Pruning ({criterion}) candidate of {search['candidates']} measured within "
+               f"{MATCH:.2f} x {r} of the baseline")
+        print(f"{cx.name} {method} {r}x: infeasible: {why}", flush=True)
+        return _row(cx, method, r, seed, labels=True, finetune_epochs=cx.a.epochs, infeasible=why,
+                    search=search), None, None
+    search_s = time.perf_counter() - t0
+    pruned = best["model"]
+    cx.tp_pruned[(criterion, r, seed)] = (pruned, search, best)
+    ft, lr = _finetune(cx, pruned, seed, teacher=None)
+    wall = time.perf_counter() - t0
+    row = _row(cx, method, r, seed, labels=True, finetune_epochs=cx.a.epochs, finetune_lr=lr,
+               top1_before_finetune=cx.top1(pruned, "test"), top1_val=cx.top1(ft, "val"),
+               predicted_ms=cx.profile.predict_ms(ft), search=search, search_s=round(search_s, 1),
+               wall_s=round(wall, 1), tp_ratio=best["ratio"], tp_global=best["global"])
+    print(f"{cx.name} {method} {r}x seed {seed}: ratio {best['ratio']} "
+          f"{'global' if best['global'] else 'uniform'}, val {100 * row['top1_val']:.2f}% in {wall:.0f} s",
+          flush=True)
+    return row, ft, cx.artifact(ft, f"{method}-{r}-{seed}")
+
+
+def _tp_distill(cx: _Ctx, r: float, seed: int, criterion: str):
+    """The same Torch-Pruning model as the labeled row, fine-tuned by distillation instead."""
+    pruned, search, best = cx.tp_pruned[(criterion, r, seed)]
+    t0 = time.perf_counter()
+    ft, lr = _finetune(cx, pruned, seed, teacher=cx.teacher)
+    wall = time.perf_counter() - t0
+    row = _row(cx, "tp-distill", r, seed, labels=False, finetune_epochs=cx.a.epochs,
+               finetune_lr=lr, criterion=criterion, top1_before_finetune=cx.top1(pruned, "test"),
+               top1_val=cx.top1(ft, "val"), predicted_ms=cx.profile.predict_ms(ft), search=search,
+               wall_s=round(wall, 1), tp_ratio=best["ratio"], tp_global=best["global"])
+    print(f"{cx.name} tp-distill ({criterion}) {r}x seed {seed}: val {100 * row['top1_val']:.2f}%",
+          flush=True)
+    return row, ft, cx.artifact(ft, f"tp-distill-{r}-{seed}")
+
+
+def _finetune(cx: _Ctx, model, seed: int, teacher):
+    """Fine-tune at each ``--ft-lrs`` rate; keep the one with the best val top-1."""
+    src = cx.train_unlabeled if teacher is not None else cx.train_labeled
+    best = None
+    for lr in cx.a.ft_lrs:
+        cfg = TrainConfig(epochs=cx.a.epochs, batch_size=cx.a.batch_size, lr=lr, seed=seed)
+        m = train(model, src, input_spec=cx.spec.input, config=cfg, teacher=teacher).model
+        v = cx.top1(m, "val")
+        if best is None or v > best[0]:
+            best = (v, m, lr)
+    return best[1], best[2]
+
+
+# ---- timing and rows ----------------------------------------------------------------------
+
+def _time_together(cx: _Ctx, pending: list) -> list[dict]:
+    """Time the baseline and every pruned artifact in ``rounds`` interleaved rounds; fill the
+    rows' measured latency (median of rounds), ratio to the baseline, sizes and test top-1."""
+    live = [(row, m, art) for row, m, art in pending if art is not None]
+    arts = [cx.base_art, *[art for _, _, art in live]]
+    per_round = []
+    for k in range(cx.a.rounds):
+        per_round.append([st.median_ms for st in time_artifacts(arts, cx.t, seed=k)])
+    cx.base_rounds = [rnd[0] for rnd in per_round]
+    base_ms = statistics.median(cx.base_rounds)
+    for i, (row, m, _) in enumerate(live, start=1):
+        ms = statistics.median(rnd[i] for rnd in per_round)
+        row.update({"budget_ms": row["budget_ratio"] * base_ms, "baseline_ms": base_ms,
+                    "measured_ms": ms, "measured_ratio": ms / base_ms,
+                    "round_ms": [rnd[i] for rnd in per_round], "top1": cx.top1(m, "test"),
+                    **cx.sizes(m)})
+    for row, _, _ in pending:
+        row.setdefault("budget_ms", row["budget_ratio"] * base_ms)
+    _print(cx, [row for row, _, _ in pending], base_ms)
+    return [row for row, _, _ in pending]
+
+
+def _print(cx: _Ctx, rows: list[dict], base_ms: float) -> None:
+    print(f"\n{cx.name}: baseline {base_ms:.3f} ms measured, top-1 {100 * cx.top1(cx.teacher, 'test'):.2f}%")
+    print(f"{'method':34} {'labels':>6} {'ft':>3} {'seed':>4} {'budget':>6} {'meas ms':>8} "
+          f"{'ratio':>6} {'pred ms':>8} {'MMACs':>7} {'params':>8} {'top-1':>7} {'pre-ft':>7} {'s':>6}")
+    for r in rows:
+        if "infeasible" in r:
+            print(f"{r['method']:34} infeasible at {r['budget_ratio']}x: {r['infeasible']}")
+            continue
+        pre = f"{100 * r['top1_before_finetune']:6.2f}%" if r.get("top1_before_finetune") is not None else "      -"
+        print(f"{r['method']:34} {str(r['labels']):>6} {r['finetune_epochs']:3d} {r['seed']:4d} "
+              f"{r['budget_ratio']:6.2f} {r['measured_ms']:8.3f} {r['measured_ratio']:6.3f} "
+              f"{r['predicted_ms']:8.3f} {r['macs'] / 1e6:7.2f} {r['params']:8,} "
+              f"{100 * r['top1']:6.2f}% {pre} {r['wall_s']:6.0f}", flush=True)
+
+
+def _load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    key = lambda r: (r["model"], r["method"], r["budget_ratio"], r["seed"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + new
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
