@@ -339,29 +339,40 @@ def _styles(rows: Sequence[dict]) -> dict[str, tuple[str, str]]:
             for i, m in enumerate(methods)}
 
 
-def _budget_lines(ax: Any, rows: Sequence[dict]) -> None:
-    budgets = {r["budget_ms"]: r.get("budget_ratio") for r in rows if "budget_ms" in r}
-    for i, (ms, ratio) in enumerate(sorted(budgets.items())):
-        ax.axvline(ms, color="grey", linestyle=":", linewidth=1,
-                   label="budget (ms)" if i == 0 else None)
+def _budget_lines(ax: Any, rows: Sequence[dict], relative: bool) -> None:
+    key = "budget_ratio" if relative else "budget_ms"
+    budgets = {r[key]: r.get("budget_ratio") for r in rows if r.get(key) is not None}
+    for i, (x, ratio) in enumerate(sorted(budgets.items())):
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1,
+                   label=("budget (x baseline)" if relative else "budget (ms)") if i == 0 else None)
         if ratio is not None:
-            ax.text(ms, 1.0, f"{ratio:g}x", transform=ax.get_xaxis_transform(), ha="center",
+            ax.text(x, 1.0, f"{ratio:g}x", transform=ax.get_xaxis_transform(), ha="center",
                     va="bottom", fontsize=7, color="grey")
 
 
 def _plot_accuracy(figure: Callable[..., Any], model: str, rows: Sequence[dict],
                    baseline: dict, styles: dict[str, tuple[str, str]]) -> Any:
+    """Top-1 against measured latency. When every row carries the baseline it was timed
+    beside (rows merged from several runs do, and a host's level drifts between runs), the
+    latency axis is the ratio to that baseline: absolute ms of different runs do not compare."""
     fig = figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    _budget_lines(ax, rows)
-    ax.plot(baseline["measured_ms"], 100 * baseline["top1"], "*", markersize=14, color="black",
-            linestyle="none", label="baseline (unpruned)")
+    feasible = [r for r in rows if "infeasible" not in r]
+    relative = bool(feasible) and all(r.get("baseline_ms") for r in feasible)
+
+    def x(r: dict) -> float:
+        return r["measured_ms"] / r["baseline_ms"] if relative else r["measured_ms"]
+
+    _budget_lines(ax, rows, relative)
+    ax.plot(1.0 if relative else baseline["measured_ms"], 100 * baseline["top1"], "*",
+            markersize=14, color="black", linestyle="none", label="baseline (unpruned)")
     for method, (colour, marker) in styles.items():
-        pts = [r for r in rows if r["method"] == method and "infeasible" not in r]
+        pts = [r for r in feasible if r["method"] == method]
         if pts:
-            ax.plot([r["measured_ms"] for r in pts], [100 * r["top1"] for r in pts], marker,
+            ax.plot([x(r) for r in pts], [100 * r["top1"] for r in pts], marker,
                     color=colour, linestyle="none", markersize=7, alpha=0.85, label=method)
-    ax.set_xlabel("measured latency (ms)")
+    ax.set_xlabel("measured latency / baseline measured in the same run (ratio)" if relative
+                  else "measured latency (ms)")
     ax.set_ylabel("top-1 accuracy on test (%)")
     ax.set_title(f"{model}: accuracy vs measured latency", pad=12)
     ax.margins(0.08)  # the baseline's star and the extreme points clear the frame

@@ -206,3 +206,26 @@ def test_reports_need_no_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "training.png").is_file()
+
+
+def test_accuracy_axis_is_the_ratio_to_each_rows_own_baseline_when_rows_carry_it():
+    """Rows merged from runs whose baselines measured differently (a host's level drifts)
+    are placed by measured / own baseline; without baseline_ms the axis stays in ms."""
+    from matplotlib.figure import Figure
+
+    from edgeprune.reporting import _plot_accuracy
+
+    rows = [{"model": "m", "method": "a", "measured_ms": 0.5, "baseline_ms": 1.0, "top1": 0.9,
+             "budget_ms": 0.5, "budget_ratio": 0.5},
+            {"model": "m", "method": "a", "measured_ms": 0.6, "baseline_ms": 1.2, "top1": 0.8,
+             "budget_ms": 0.6, "budget_ratio": 0.5}]
+    styles = {"a": ("#1f77b4", "o")}
+    ax = _plot_accuracy(Figure, "m", rows, {"measured_ms": 1.2, "top1": 0.95}, styles).axes[0]
+    assert "ratio" in ax.get_xlabel()
+    points = [ln for ln in ax.get_lines() if ln.get_label() == "a"][0]
+    assert list(points.get_xdata()) == [0.5, 0.5]
+    star = [ln for ln in ax.get_lines() if ln.get_label() == "baseline (unpruned)"][0]
+    assert list(star.get_xdata()) == [1.0]
+    ms = _plot_accuracy(Figure, "m", [{k: v for k, v in r.items() if k != "baseline_ms"} for r in rows],
+                        {"measured_ms": 1.2, "top1": 0.95}, styles).axes[0]
+    assert ms.get_xlabel() == "measured latency (ms)"
