@@ -228,7 +228,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
     load_target(a.target)
     model = edgeprune.load(a.checkpoint)
     spec = model.edgeprune_spec
-    src = data.open(a.data, labels=False, size=spec.input.hw, limit=a.limit)
+    # a spec without a split suffix reads the train split (a folder's train/), never test images
+    src = data.open(a.data, split=None if ":" in a.data else "train", labels=False,
+                    size=spec.input.hw, limit=a.limit)
+    print(f"pruning data: {a.data} (split {src.split}, {len(src)} images, labels not read)")
     batches = data.Batches(src, a.batch_size, mean=spec.input.mean, std=spec.input.std,
                            augment=True, fixed_batches=cfg.heldout_batches, seed=cfg.seed)
     tick, close = _progress_bar("prune")
@@ -246,7 +249,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
             "val_top1": None, "teacher_val_top1": spec.metadata.get("val_top1")}  # not re-evaluated
     command = "edgeprune " + " ".join(shlex.quote(x) for x in a.argv)
     report = {"checkpoint": str(a.checkpoint), "checkpoint_sha256": sha, "data": a.data,
-              "images": len(src), "batch_size": a.batch_size, "command": command,
+              "data_split": src.split, "images": len(src), "batch_size": a.batch_size, "command": command,
               "edgeprune_version": edgeprune.__version__}
     res.save(out, spec=spec, metadata=meta, report=report, title=str(a.checkpoint), command=command)
     print(res)

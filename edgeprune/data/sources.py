@@ -171,6 +171,12 @@ def _open_path(path: Path, split: str | None, hw: tuple[int, int]) -> ImageSourc
             return _open_cifar10(path, split or "train", hw)
         if split is not None and (path / split).is_dir():
             path = path / split
+        elif split is None and (parts := [s for s in SPLITS if (path / s).is_dir()]):
+            # reading the whole tree would mix the splits (test images in the training data)
+            raise DataError(
+                f"image folder {str(path)!r} has split sub-folders {', '.join(p + '/' for p in parts)}; "
+                f"name the one to read, e.g. {str(path)}:{parts[0]}"
+            )
         return _open_folder(path, split, hw)
     if path.suffix == ".npy":
         return _open_npy(path, split, hw)

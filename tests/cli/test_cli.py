@@ -196,6 +196,26 @@ def test_prune_writes_a_loadable_checkpoint_and_reports(capsys, tmp_path, small_
     assert "| c3.0 |" in (out / "prune_report.md").read_text() and "MMACs" in stdout
 
 
+def test_prune_reads_only_the_train_split_of_a_folder(capsys, tmp_path, small_ckpt):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("test", 7)):
+        (tmp_path / "imgs" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / split / f"{i}.png")
+    (tmp_path / "cfg.json").write_text(json.dumps({"update_interval": 2}))
+    out = tmp_path / "pruned"
+    code, stdout, err = run(capsys, "prune", small_ckpt, "--data", str(tmp_path / "imgs"), "--target", "macs",
+                            "--budget", "0.6x", "--steps", "12", "--batch-size", "8",
+                            "--config", str(tmp_path / "cfg.json"), "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "prune_report.json").read_text())
+    assert (report["data_split"], report["images"]) == ("train", 48)  # the 7 test images are not read
+    assert "split train, 48 images" in stdout
+
+
 @pytest.mark.parametrize("extra, needles", [
     (["--budget", "2x"], ["--budget", "2x"]),
     (["--budget", "half"], ["--budget", "half"]),

@@ -101,6 +101,9 @@ def test_folder_split_subdirectory(tmp_path):
     _write_images(tmp_path / "test" / "a", 1)
     assert len(data.open(f"{tmp_path}:test")) == 1
     assert len(data.open(str(tmp_path), split="train")) == 2
+    # no split named: the whole tree would mix test images into the data, so it is refused
+    with pytest.raises(DataError, match=r"split sub-folders train/, test/; name the one to read, e\.g\. .*:train"):
+        data.open(str(tmp_path))
 
 
 def test_empty_folder(tmp_path):
