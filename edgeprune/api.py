@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -107,11 +108,18 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
     """Prune ``model`` (never modified) to a latency budget on ``target``, without labels.
 
     ``data``: re-iterable unlabeled input batches (tensors, or tuples whose first element is
-    the input). Exactly one of ``budget_ms`` (milliseconds predicted on the target; millions
-    of MACs for the ``macs`` target) or ``budget_ratio`` (fraction of the baseline's
-    predicted cost, e.g. 0.5). ``profile``: the target's latency profile of this
-    architecture (a :class:`LatencyProfile` or its JSON file; a local target's must have been
-    measured on this machine); when None it is measured now (progress stage "profile").
+    the input). Exactly one of ``budget_ms`` (milliseconds on the target; millions of MACs
+    for the ``macs`` target) or ``budget_ratio`` (fraction of the baseline's latency, e.g.
+    0.5). ``profile``: the target's latency profile of this architecture (a
+    :class:`LatencyProfile` or its JSON file; a local target's must have been measured on
+    this machine); when None it is measured now (progress stage "profile").
+
+    The profile's prediction steers the pruning. With ``config.verify`` (the default on a
+    local target) the result is also measured: converted and timed on the target with its
+    protocol, beside the baseline for a ``budget_ratio`` (their measured ratio must meet it),
+    alone for a ``budget_ms``; while it measures over the budget, pruning continues toward a
+    tighter internal budget (``PruneResult.verify`` has every round). Without it, the budget
+    is met in prediction only.
     """
     from edgeprune.pruning.config import PruneConfig
     from edgeprune.pruning.pruner import run
@@ -133,9 +141,48 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
     baseline = cost.of_model(model)
     budget = budget_ms if budget_ms is not None else budget_ratio * baseline  # type: ignore[operator]
     round_to = config.round_to or t.round_to
-    with _distributed():
+    verify = config.verify if config.verify is not None else (t.is_local and not t.is_analytical)
+    with contextlib.ExitStack() as stack:
+        measure = None
+        if verify:
+            from edgeprune.profiling.measurement import check_measurable
+
+            check_measurable(t)  # before any training: a target that cannot be timed fails now
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-verify-"))
+            measure = _measure_against_budget(model, t, input_shape_of(model, data=data), work,
+                                              budget_ms=budget_ms, budget_ratio=budget_ratio)
+        stack.enter_context(_distributed())
         return run(model, data, cost=cost, budget=float(budget), target=t.name, round_to=round_to,
-                   config=config, on_progress=on_progress)
+                   config=config, measure=measure, on_progress=on_progress)
+
+
+def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, int], work: str, *,
+                            budget_ms: float | None, budget_ratio: float | None
+                            ) -> Callable[[nn.Module], tuple[float, float]]:
+    """``measure(pruned) -> (measured ms, budget ms)`` on ``t``: for a ratio budget the pruned
+    model is timed interleaved with the baseline (converted once) and the budget is the ratio
+    of the baseline measured in that same run, so drift on the machine hits both alike."""
+    from pathlib import Path
+
+    import torch
+
+    from edgeprune.profiling.measurement import convert_for, time_artifacts
+
+    example = torch.zeros(1, *shape)
+    suffix = ".tflite" if t.runtime == "litert" else ".onnx"
+    base = (convert_for(model, t, Path(work) / f"baseline{suffix}", example)
+            if budget_ratio is not None else None)
+    calls = [0]
+
+    def measure(pruned: nn.Module) -> tuple[float, float]:
+        calls[0] += 1
+        art = convert_for(pruned, t, Path(work) / f"pruned-{calls[0]}{suffix}", example)
+        if base is None:
+            return time_artifacts([art], t)[0].median_ms, float(budget_ms)  # type: ignore[arg-type]
+        b, p = time_artifacts([base, art], t)
+        return p.median_ms, budget_ratio * b.median_ms  # type: ignore[operator]
+
+    return measure
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read prune config {a.config!r}: {e}") from e
     overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed", "device",
-                                            "round_to", "min_width")
+                                            "round_to", "min_width", "verify")
                  if getattr(a, k) is not None}
     cfg = cfg.replace(**overrides)
     out = _out_dir(a.out)  # a bad --out or target fails before any data is read
@@ -254,6 +254,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
     res.save(out, spec=spec, metadata=meta, report=report, title=str(a.checkpoint), command=command)
     print(res)
     print(f"wrote {out / 'model.safetensors'}, {out / 'prune_report.json'}, {out / 'prune_report.md'}")
+    if not res.within_budget:
+        print(f"warning: {res.notes[-1] if res.notes else 'over budget'}", file=sys.stderr)
     _prune_plots(out)
     return 0
 
@@ -510,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="narrowest a channel group may become (default: round_to; the floor is "
                          "max(min_width, round_to))")
     pn.add_argument("--device", default=None, help="where pruning steps run: cpu (default) or cuda")
+    pn.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the pruned model on the target and keep pruning while it measures over "
+                         "the budget (default: on for a local target, off for macs and devices)")
     pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
     pn.add_argument("--out", required=True, help="output directory")
     pn.set_defaults(func=cmd_prune)

@@ -22,6 +22,14 @@ class PruneConfig:
     ``ramp_end`` of the steps; the expected-sparse set is re-chosen every ``update_interval``
     steps until ``select_until`` of the steps (after that it is frozen, so ISTA can finish
     zeroing it). ``round_to`` / ``min_width`` default to the target's ``round_to``.
+
+    ``verify`` closes the loop on a measurable target: the pruned model is converted and
+    timed on the target with its protocol; while it measures over the budget, the internal
+    (predicted) budget is lowered by the measured excess (aiming ``verify_margin`` below the
+    budget) and pruning continues for ``verify_steps`` steps (None: 15% of the training
+    steps, at least 4 intervals), at most ``verify_rounds`` times. None: on for a local
+    target that can be timed (host-litert, host-onnxruntime), off for the analytical
+    ``macs`` target and for device targets (True measures through the device's agent).
     """
 
     students: int = 2
@@ -51,6 +59,11 @@ class PruneConfig:
     mutual_learning: bool = True
     latency_weighting: bool = True
     dynamic_set: bool = True
+    # closed loop on the measured latency
+    verify: bool | None = None
+    verify_rounds: int = 3
+    verify_steps: int | None = None
+    verify_margin: float = 0.03
 
     def __post_init__(self) -> None:
         def bad(name: str, need: str) -> ConfigError:
@@ -59,11 +72,17 @@ class PruneConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        for name in ("students", "epochs", "update_interval"):
+        for name in ("students", "epochs", "update_interval", "verify_rounds"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
-        if self.steps is not None and (not is_int(self.steps) or self.steps < 1):
-            raise bad("steps", "None or an integer >= 1")
+        for name in ("steps", "verify_steps"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v < 1):
+                raise bad(name, "None or an integer >= 1")
+        if self.verify is not None and not isinstance(self.verify, bool):
+            raise bad("verify", "None (on when the target can be timed here), true or false")
+        if not isinstance(self.verify_margin, (int, float)) or not 0 <= self.verify_margin < 0.5:
+            raise bad("verify_margin", "a fraction 0 <= margin < 0.5 (0.03 aims 3% under the budget)")
         for name in ("round_to", "min_width"):
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 1):

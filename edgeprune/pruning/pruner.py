@@ -31,12 +31,16 @@ Deviations from METHOD.md, and why:
 The lifecycle is :class:`Pruner`'s: ``prepare`` (teacher, students, groups, schedules),
 ``step`` (one optimiser step on a batch, then ISTA; every ``update_interval`` steps a check
 re-chooses E_t, adapts lambda_s and records history), ``finalize`` (hard-zero E, pick a
-student, remove, verify) -> :class:`PruneResult`. :func:`run` drives it over the data.
+student, remove, check removal) -> :class:`PruneResult`; ``extend`` (a closed-loop round:
+continue toward a tighter internal budget, then ``finalize`` again) and ``close``. :func:`run`
+drives it over the data and, given a ``measure`` callback, closes the loop on the measured
+latency.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -149,6 +153,26 @@ def _shift_view(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tens
     return xp[:, :, dy:dy + h, dx:dx + w]
 
 
+class _Phase:
+    """A stretch of training with its own cosine learning rate (peak ``lr``) and budget ramp
+    (``b_start`` -> ``b_end`` over ``ramp_end`` of its steps, E_t chosen until
+    ``select_until`` of them): the main run, then each closed-loop continuation."""
+
+    def __init__(self, start: int, steps: int, lr: float, b_start: float, b_end: float,
+                 cfg: PruneConfig) -> None:
+        self.start, self.steps, self.lr, self.b_start, self.b_end = start, steps, lr, b_start, b_end
+        self.end = start + steps
+        self.ramp_steps = max(1, round(cfg.ramp_end * steps))
+        self.select_stop = start + round(cfg.select_until * steps)
+        self.selected = False  # E_t chosen at least once in this phase
+
+    def budget_at(self, step: int, kind: str) -> float:
+        return ramp_budget(step - self.start, self.ramp_steps, self.b_start, self.b_end, kind)
+
+    def lr_at(self, step: int) -> float:
+        return 0.5 * self.lr * (1 + math.cos(math.pi * min(1.0, (step - self.start) / self.steps)))
+
+
 # ---- one student ------------------------------------------------------------------------
 
 class _Student:
@@ -206,7 +230,8 @@ class Pruner:
             raise ConfigError(f"device={config.device!r} is not available here (no CUDA); use device='cpu'")
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
-        self._t_start = time.perf_counter()
+        self.started = time.perf_counter()
+        self.requested_budget = self.budget
         self._prepared = False
 
     # ---- prepare ------------------------------------------------------------------------
@@ -234,6 +259,7 @@ class Pruner:
         self.baseline = self._cost_of(self.full)
         self.min_width = cfg.min_width or self.round_to
         smallest = self._cost_of(width_floor(self.full, round_to=self.round_to, min_width=self.min_width))
+        self.floor_cost = smallest
         unit = self.cost.unit
         if self.budget < smallest:
             raise ConfigError(
@@ -259,8 +285,8 @@ class Pruner:
             self.s_feats.append(_Features(m, points) if self.use_feat else None)
         self.view_gen = [torch.Generator().manual_seed(cfg.seed * 1000 + k) for k in range(cfg.students)]
 
-        self.ramp_steps = max(1, round(cfg.ramp_end * total_steps))
-        self.select_stop = round(cfg.select_until * total_steps)
+        self.phases = [_Phase(0, total_steps, cfg.lr, self.baseline, self.budget, cfg)]
+        self.select_stop = self.phases[0].select_stop
         interval = cfg.update_interval
         if self.select_stop <= 2 * interval:
             raise ConfigError(
@@ -271,13 +297,38 @@ class Pruner:
         self.acc = {"kd": 0.0, "feat": 0.0, "ml": 0.0, "n": 0}
         self.selected_once = False
         self.last = {"predicted": self.baseline, "sparsity": 0.0}
+        self._last_check = -1
         self._prepared = True
+
+    @property
+    def phase(self) -> _Phase:
+        return self.phases[-1]
+
+    def extend(self, budget: float, steps: int) -> None:
+        """Continue after :meth:`finalize` toward a lower internal ``budget`` for ``steps``
+        more steps (a closed-loop round): the budget ramps from the students' current cost,
+        E_t is re-chosen against it, and the learning rate restarts at the main schedule's
+        value at the end of its ramp (where the last channels were being removed)."""
+        if not self._prepared:
+            raise ConfigError("Pruner.extend before Pruner.prepare")
+        if steps < 2 * self.cfg.update_interval + 1:
+            raise ConfigError(f"a continuation of {steps} steps is too short; it needs more than two "
+                              f"update intervals ({2 * self.cfg.update_interval} steps)")
+        main = self.phases[0]
+        lr = main.lr_at(main.start + main.ramp_steps)
+        now = min(self._cost_of({g.name: g.width - z for g, z in zip(self.groups, st.zero_counts(), strict=True)})
+                  for st in self.students)
+        self.phases.append(_Phase(self.step_count, steps, lr, max(now, budget), budget, self.cfg))
+        self.total_steps = self.step_count + steps
+        self.budget = budget
+        for st in self.students:
+            st.model.train()
 
     def _cost_of(self, group_widths: dict[str, int]) -> float:
         return self.cost(self.widthmap(group_widths))
 
     def _lr(self, step: int) -> float:
-        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * step / self.total_steps))
+        return self.phase.lr_at(step)
 
     # ---- step ---------------------------------------------------------------------------
 
@@ -339,9 +390,12 @@ class Pruner:
     def _check(self, step: int) -> None:
         """Every ``update_interval`` steps: adapt each student's lambda_s, re-choose its
         expected-sparse set E_t against the ramped budget, and record the history."""
-        cfg, groups, interval = self.cfg, self.groups, self.cfg.update_interval
-        target_now = ramp_budget(step, self.ramp_steps, self.baseline, self.budget, cfg.ramp)
-        target_next = ramp_budget(step + interval, self.ramp_steps, self.baseline, self.budget, cfg.ramp)
+        cfg, groups, interval, ph = self.cfg, self.groups, self.cfg.update_interval, self.phase
+        if step == self._last_check:
+            return  # finalize checked this step already (a continuation starts here)
+        self._last_check = step
+        target_now = ph.budget_at(step, cfg.ramp)
+        target_next = ph.budget_at(step + interval, cfg.ramp)
         record: dict[str, Any] = {"step": step, "lr": self._lr(step), "budget_t": target_now}
         if self.acc["n"]:
             record.update({k: self.acc[k] / self.acc["n"] for k in ("kd", "feat", "ml")})
@@ -351,15 +405,15 @@ class Pruner:
             zero_cost = self._cost_of({g.name: g.width - z for g, z in zip(groups, zero, strict=True)})
             if self.selected_once and zero_cost > target_now * (1 + 1e-9):
                 st.lambda_s *= cfg.lambda_growth  # behind schedule: shrink harder
-            if self.selected_once and step >= self.ramp_steps:
+            if self.selected_once and step - ph.start >= ph.ramp_steps:
                 # after the ramp, E must reach exact zero by the end: the thresholds still to
                 # come (sum of lr * lambda_s) must at least cover twice the largest E gate norm
-                rest = sum(self._lr(s) for s in range(step, self.total_steps))
+                rest = sum(self._lr(s) for s in range(step, ph.end))
                 worst = st.max_sparse_norm()
                 if rest > 0 and worst > 0:
                     st.lambda_s = max(st.lambda_s, 2 * worst / rest)
-            if step < self.select_stop and (cfg.dynamic_set or not self.selected_once):
-                b = target_next if cfg.dynamic_set else self.budget
+            if step < ph.select_stop and (cfg.dynamic_set or not ph.selected):
+                b = target_next if cfg.dynamic_set else ph.b_end
                 s = select_channels(dict(zip([g.name for g in groups], st.normalised_sensitivity(),
                                              strict=True)), self._cost_of, b,
                                     round_to=self.round_to, min_width=self.min_width,
@@ -372,6 +426,7 @@ class Pruner:
             preds.append(zero_cost)
             lams.append(st.lambda_s)
         self.selected_once = self.selected_once or bool(sel)
+        ph.selected = ph.selected or bool(sel)
         total_ch = sum(g.width for g in groups)
         self.last["predicted"] = preds[0]
         self.last["sparsity"] = sum(self.students[0].zero_counts()) / total_ch
@@ -379,6 +434,13 @@ class Pruner:
                        "sparsity": self.last["sparsity"]})
         self.history.append(record)
         self.acc.update(kd=0.0, feat=0.0, ml=0.0, n=0)
+
+    def close(self) -> None:
+        """Remove the feature hooks from the teacher and the students (after the last
+        :meth:`finalize`)."""
+        for f in [getattr(self, "t_feat", None), *getattr(self, "s_feats", [])]:
+            if f is not None:
+                f.remove()
 
     # ---- finalize -----------------------------------------------------------------------
 
@@ -391,9 +453,6 @@ class Pruner:
         cfg, groups, students, teacher = self.cfg, self.groups, self.students, self.teacher
         device, step = self.device, self.step_count
         self._check(step)
-        for f in [self.t_feat, *self.s_feats]:
-            if f is not None:
-                f.remove()
         if self.world > 1:  # BatchNorm running statistics were computed per rank: average them
             for st in students:
                 for b in st.model.buffers():
@@ -442,7 +501,8 @@ class Pruner:
             notes.append("feature loss off: no feature point with spatial size > 1x1")
         return PruneResult(
             model=pruned, target=self.target, cost_unit=self.cost.unit, cost_source=self.cost.source,
-            baseline_cost=self.baseline, predicted_cost=predicted, budget=self.budget,
+            baseline_cost=self.baseline, predicted_cost=predicted, budget=self.requested_budget,
+            internal_budget=self.budget,
             group_widths_before=self.full, group_widths_after=after,
             widths_before=self.widthmap({}), widths_after=self.widthmap(after),
             macs_before=_macs(teacher, self.example), macs_after=_macs(pruned, cpu_example),
@@ -450,19 +510,25 @@ class Pruner:
             params_after=sum(p.numel() for p in pruned.parameters()),
             student=best, student_kl=tuple(kls), removal_max_abs_diff=diff,
             max_hard_zeroed_norm=max(hard), history=tuple(self.history), config=cfg, steps=step,
-            seconds=time.perf_counter() - self._t_start, notes=tuple(notes))
+            seconds=time.perf_counter() - self.started, notes=tuple(notes))
 
 
 # ---- driving it over the data -----------------------------------------------------------
 
 def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: str,
         round_to: int, config: PruneConfig = PruneConfig(),
+        measure: Callable[[nn.Module], tuple[float, float]] | None = None,
         on_progress: Callable[[Progress], None] | None = None) -> PruneResult:
     """Prune ``model`` (not modified) on unlabeled ``data`` until ``cost`` <= ``budget``.
 
     The first ``config.heldout_batches`` batches of every pass are held out; the rest train.
     Under ``torch.distributed`` (e.g. ``torchrun``), every rank must see the same batches;
     each takes its slice of every batch and gradients are averaged across ranks.
+
+    ``measure(pruned) -> (measured ms, budget ms)`` closes the loop: while the pruned model
+    measures over its budget, the internal budget is lowered by the measured excess and
+    pruning continues (``config.verify_rounds`` / ``verify_steps`` / ``verify_margin``); every
+    round is recorded in ``PruneResult.verify``.
     """
     cfg = config
     pruner = Pruner(model, cost=cost, budget=budget, target=target, round_to=round_to, config=cfg)
@@ -486,24 +552,72 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * train_batches
     pruner.prepare(heldout, total_steps, world=world)
 
-    while pruner.step_count < total_steps:
-        trained = 0
-        for bi, batch in enumerate(data):
-            if bi < cfg.heldout_batches:
-                continue
-            if pruner.step_count >= total_steps:
+    def train_until(until: int) -> None:
+        while pruner.step_count < until:
+            trained = 0
+            for bi, batch in enumerate(data):
+                if bi < cfg.heldout_batches:
+                    continue
+                if pruner.step_count >= until:
+                    break
+                trained += 1
+                x = input_of(batch)
+                if world > 1:
+                    x = x.tensor_split(world)[rank]
+                metrics = pruner.step(x)
+                if on_progress is not None:
+                    on_progress(Progress("prune", pruner.step_count, until, metrics))
+            if not trained and pruner.step_count < until:
+                raise DataError("pruning data yielded no training batches on a later pass; it must "
+                                "yield the same batches every time it is iterated")
+
+    try:
+        train_until(total_steps)
+        result = pruner.finalize()
+        if measure is None:
+            return result
+        steps = cfg.verify_steps or max(4 * cfg.update_interval + 1, round(0.15 * total_steps))
+        rounds: list[dict[str, Any]] = []
+        notes = list(result.notes)
+        for r in range(cfg.verify_rounds + 1):
+            measured, limit = _measured(measure, result.model, world)
+            rounds.append({"round": r, "step": pruner.step_count, "internal_budget": pruner.budget,
+                           "predicted": result.predicted_cost, "measured_ms": measured,
+                           "budget_ms": limit, "measured_over_budget": measured / limit})
+            if measured <= limit or r == cfg.verify_rounds:
                 break
-            trained += 1
-            x = input_of(batch)
-            if world > 1:
-                x = x.tensor_split(world)[rank]
-            metrics = pruner.step(x)
-            if on_progress is not None:
-                on_progress(Progress("prune", pruner.step_count, total_steps, metrics))
-        if not trained and pruner.step_count < total_steps:
-            raise DataError("pruning data yielded no training batches on a later pass; it must "
-                            "yield the same batches every time it is iterated")
-    return pruner.finalize()
+            # if the measured/predicted ratio holds, this internal budget measures just under it
+            internal = result.predicted_cost * limit * (1 - cfg.verify_margin) / measured
+            if internal < pruner.floor_cost:
+                notes.append(f"measured {measured:.4g} ms over the budget {limit:.4g} ms; the internal "
+                             f"budget it needs ({internal:.4g} predicted) is below the smallest "
+                             f"reachable ({pruner.floor_cost:.4g}): lower round_to/min_width")
+                break
+            pruner.extend(internal, steps)
+            train_until(pruner.total_steps)
+            result = pruner.finalize()
+        last = rounds[-1]
+        if last["measured_ms"] > last["budget_ms"]:
+            notes.append(f"over budget in measurement: {last['measured_ms']:.4g} ms measured against "
+                         f"{last['budget_ms']:.4g} ms after {len(rounds) - 1} closed-loop round(s)")
+        return dataclasses.replace(result, verify=tuple(rounds), notes=tuple(notes),
+                                   seconds=time.perf_counter() - pruner.started)
+    finally:
+        pruner.close()
+
+
+def _measured(measure: Callable[[nn.Module], tuple[float, float]], model: nn.Module,
+              world: int) -> tuple[float, float]:
+    """(measured ms, measured budget ms) of ``model``; under torch.distributed rank 0 times it
+    (ranks timing at once would slow each other) and every rank gets its numbers, so all take
+    the same decision."""
+    if world == 1:
+        return measure(model)
+    out = torch.zeros(2, dtype=torch.float64)
+    if torch.distributed.get_rank() == 0:
+        out[:] = torch.tensor(measure(model), dtype=torch.float64)
+    torch.distributed.broadcast(out, 0)
+    return float(out[0]), float(out[1])
 
 
 def _macs(model: nn.Module, example: torch.Tensor) -> int:

@@ -42,6 +42,22 @@ class PruneResult:
     steps: int
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    internal_budget: float | None = None  # the predicted budget the last round pruned to
+    # closed-loop rounds on the target: step, internal_budget, predicted, measured_ms,
+    # budget_ms (measured budget), measured_over_budget; empty when not verified
+    verify: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def measured_ms(self) -> float | None:
+        """The returned model's latency measured on the target (None when not verified)."""
+        return self.verify[-1]["measured_ms"] if self.verify else None
+
+    @property
+    def within_budget(self) -> bool:
+        """Measured within the budget when verified, else predicted within it."""
+        if self.verify:
+            return self.verify[-1]["measured_ms"] <= self.verify[-1]["budget_ms"]
+        return self.predicted_cost <= self.budget * (1 + 1e-6)
 
     @property
     def speedup(self) -> float:
@@ -53,7 +69,9 @@ class PruneResult:
         return {
             "target": self.target, "cost_unit": self.cost_unit, "cost_source": self.cost_source,
             "baseline_predicted": self.baseline_cost, "predicted": self.predicted_cost,
-            "budget": self.budget,
+            "budget": self.budget, "internal_budget": self.internal_budget,
+            "measured_ms": self.measured_ms, "within_budget": self.within_budget,
+            "verify": list(self.verify),
             "group_widths_before": self.group_widths_before,
             "group_widths_after": self.group_widths_after,
             "widths_before": {k: list(v) for k, v in self.widths_before.items()},
@@ -78,12 +96,23 @@ class PruneResult:
             f"student {self.student} (KL to teacher {', '.join(f'{k:.4f}' for k in self.student_kl)}), "
             f"removal max |dlogit| {self.removal_max_abs_diff:.2e}, largest hard-zeroed gate "
             f"{self.max_hard_zeroed_norm:.2e}, {self.steps} steps in {self.seconds:.0f} s",
+            *self._verify_lines(),
+            *self.notes,
             "",
             f"{'group (root layer)':32} {'before':>6} {'after':>6}",
         ]
         for g, w in self.group_widths_before.items():
             lines.append(f"{g:32} {w:6d} {self.group_widths_after[g]:6d}")
         return "\n".join(lines)
+
+    def _verify_lines(self) -> list[str]:
+        if not self.verify:
+            return []
+        v = self.verify[-1]
+        return [f"measured on {self.target}: {v['measured_ms']:.4g} ms against the budget "
+                f"{v['budget_ms']:.4g} ms ({v['measured_over_budget']:.3f}x, "
+                f"{'within' if self.within_budget else 'OVER'}) after {len(self.verify) - 1} "
+                "closed-loop round(s)"]
 
     def to_markdown(self, *, title: str = "", command: str = "") -> str:
         """A Markdown report: costs, sizes, the chosen student, every group's width, and the
@@ -105,6 +134,16 @@ class PruneResult:
                   "| group (root layer) | width before | width after |", "|---|---:|---:|"]
         lines += [f"| {g} | {w} | {self.group_widths_after[g]} |"
                   for g, w in self.group_widths_before.items()]
+        if self.verify:
+            lines += ["", "Measured on the target (closed loop: while over the budget, the internal "
+                      "budget is lowered by the measured excess and pruning continues):", "",
+                      f"| round | step | internal budget ({u}) | predicted ({u}) | measured (ms) | "
+                      "budget (ms) | measured / budget |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {v['round']} | {v['step']} | {v['internal_budget']:.4g} | {v['predicted']:.4g} | "
+                      f"{v['measured_ms']:.4g} | {v['budget_ms']:.4g} | {v['measured_over_budget']:.3f} |"
+                      for v in self.verify]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
         lines += ["", f"| step | budget_t ({u}) | predicted ({u}, per student) | KD | AT | ML |",
                   "|---:|---:|---|---:|---:|---:|"]
         for h in self.history:

@@ -82,6 +82,72 @@ def test_prunes_toward_milliseconds_from_a_committed_latency_profile(tmp_path):
     assert res.predicted_cost <= res.budget == pytest.approx(0.7 * res.baseline_cost)
     assert res.removal_max_abs_diff <= 1e-4
     assert res.group_widths_after != res.group_widths_before
+    # verified by default on a local target: timed beside the baseline, the ratio is the budget's
+    v = res.verify[-1]
+    assert v["measured_ms"] > 0 and v["budget_ms"] > 0 and res.measured_ms == v["measured_ms"]
+    assert res.within_budget == (v["measured_ms"] <= v["budget_ms"])
+    assert "measured on host-litert" in str(res)
+
+
+def test_closed_loop_tightens_when_the_cost_model_under_predicts():
+    """A crafted measurement 60% above the prediction: the first result is over the budget,
+    so the internal budget drops by that excess (3% margin) and pruning continues until the
+    'measured' cost meets the budget; every round is recorded."""
+    from edgeprune.pruning.cost import MacsCost
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.6 * cost.of_model(model)
+    calls = []
+
+    def measure(pruned):
+        calls.append(pruned)
+        return 1.6 * cost.of_model(pruned), budget
+
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+              config=FAST, measure=measure)
+    v = res.verify
+    assert len(v) >= 2 and len(calls) == len(v)
+    assert v[0]["measured_ms"] > budget and v[0]["internal_budget"] == pytest.approx(budget)
+    assert v[1]["internal_budget"] == pytest.approx(v[0]["predicted"] * budget * 0.97 / v[0]["measured_ms"])
+    assert all(b["predicted"] < a["predicted"] for a, b in zip(v, v[1:], strict=False))
+    assert res.within_budget and 1.6 * res.predicted_cost <= budget
+    assert res.budget == pytest.approx(budget) and res.internal_budget == pytest.approx(v[-1]["internal_budget"])
+    assert res.steps > FAST.steps and res.history[-1]["step"] == res.steps  # it kept training
+    assert res.removal_max_abs_diff <= 1e-4
+    assert "Measured on the target (closed loop" in res.to_markdown() and not res.notes
+
+
+def test_closed_loop_gives_up_after_its_rounds_and_says_so():
+    from edgeprune.pruning.cost import MacsCost
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.8 * cost.of_model(model)
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+              config=FAST.replace(verify_rounds=1), measure=lambda m: (10 * budget, budget))
+    assert len(res.verify) == 2 and not res.within_budget
+    assert any("over budget in measurement" in n or "below the smallest reachable" in n for n in res.notes)
+
+
+def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_path):
+    """A profile crafted to over-promise the savings of pruning (its remainder model makes a
+    narrow ResNet-20 look much faster than it runs): pruned to 0.6x by that profile, the model
+    measures over 0.6x of the baseline beside it on host-litert, and the loop tightens."""
+    model = edgeprune.models.create("resnet20")
+    torch.manual_seed(0)
+    randomize_bn(model)
+    path = _as_if_measured_here(ROOT / "profiles" / "host-litert" / "resnet20.json", tmp_path)
+    d = json.loads(path.read_text())
+    d["remainder"] = {"intercept_ms": -0.6, "layer_scale": 2.0}
+    path.write_text(json.dumps(d))
+    res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
+                          profile=path, budget_ratio=0.6,
+                          config=PruneConfig(steps=12, update_interval=2, verify_steps=6))
+    v = res.verify
+    assert v[0]["measured_over_budget"] > 1, v  # the crafted profile under-predicts
+    assert len(v) >= 2 and v[1]["internal_budget"] < v[0]["internal_budget"]
+    assert v[1]["predicted"] < v[0]["predicted"]
 
 
 def test_a_host_profile_measured_on_another_machine_is_refused(tmp_path):
