@@ -49,6 +49,7 @@ class PruneConfig:
     ramp_end: float = 0.6
     select_until: float = 0.9
     lambda_growth: float = 1.5
+    shrink_intervals: int = 4
     round_to: int | None = None
     min_width: int | None = None
     heldout_batches: int = 2
@@ -72,7 +73,7 @@ class PruneConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        for name in ("students", "epochs", "update_interval", "verify_rounds"):
+        for name in ("students", "epochs", "update_interval", "verify_rounds", "shrink_intervals"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
         for name in ("steps", "verify_steps"):

@@ -80,14 +80,27 @@ class GroupGates:
         if len(channels):
             self.write(channels, torch.zeros(len(channels), sum(self.sizes)))
 
-    def taylor(self) -> np.ndarray:
-        """Label-free Taylor sensitivity of each channel after a backward pass:
-        (sum over the channel's gate parameters of theta * dL/dtheta)^2 (Molchanov et al.)."""
-        total = torch.zeros(self.group.width, dtype=torch.float64, device=self.device)
+    def row_sizes(self) -> torch.Tensor:
+        """How many parameters make up each channel's gate (2 per BatchNorm that covers it,
+        or the filter size + bias for a group without BN)."""
+        sizes = torch.zeros(self.group.width, device=self.device)
         for p, local, root in self.slices:
+            sizes.index_add_(0, root, torch.full((len(local),), float(p[0].numel() if p.dim() > 1 else 1),
+                                                 device=self.device))
+        return sizes
+
+    def taylor(self, ref: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+        """Label-free Taylor sensitivity of each channel after a backward pass:
+        (sum over the channel's gate parameters of theta * dL/dtheta)^2 (Molchanov et al.).
+        ``ref``: values to use for theta instead of the parameters' own, one tensor per
+        parameter of :attr:`params` (e.g. the teacher's: the first-order loss change of
+        restoring the channel to them, which stays informative while the gate shrinks)."""
+        total = torch.zeros(self.group.width, dtype=torch.float64, device=self.device)
+        for i, (p, local, root) in enumerate(self.slices):
             if p.grad is None:
                 continue
-            prod = (p.detach() * p.grad.detach())[local].reshape(len(local), -1).sum(dim=1)
+            theta = p.detach() if ref is None else ref[i]
+            prod = (theta * p.grad.detach())[local].reshape(len(local), -1).sum(dim=1)
             total.index_add_(0, root, prod.double())
         return (total ** 2).cpu().numpy()
 

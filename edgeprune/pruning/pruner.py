@@ -18,8 +18,17 @@ Deviations from METHOD.md, and why:
   agree across views of the same images (a consistency term, in the spirit of DML).
 - The set E_t chosen at a check is priced against the budget of the *next* check, so ISTA has
   one interval to zero it before the ramp gets there.
-- lambda_s starts at (median gate norm) / (lr * update_interval), so a median gate would be
-  thresholded to zero within one interval if the gradient did not push back, and grows by
+- Sensitivity uses the teacher's gate values as theta (sum of theta_T * dL/dtheta, squared):
+  a student's own theta shrinks to zero in E_t and would take the score with it, so nothing
+  could ever leave E_t. A gate that is exactly zero gets no gradient through its ReLU; its
+  score is kept as it was. A channel that leaves E_t stops being shrunk, and one that left
+  exactly zero is restored to the teacher's gate (``dynamic_set``), so a wrong choice is
+  undone; the history counts both per check.
+- The threshold of a channel is lr * lambda_s * sqrt(its gate size): a residual stream's gate
+  spans several BatchNorms and has a larger norm at the same per-parameter scale.
+  lambda_s starts at (median per-parameter gate norm) / (lr * update_interval *
+  shrink_intervals), so a median gate needs ``shrink_intervals`` intervals to reach zero if
+  the gradient did not push back (time for a wrong choice to show), and grows by
   ``lambda_growth`` at every check where a student's exactly-zero channels do not yet meet
   the ramped budget. After the ramp it is also raised, if needed, so that the thresholds
   still to come (the cosine learning rate decays to zero) add up to twice the largest gate
@@ -176,20 +185,36 @@ class _Phase:
 # ---- one student ------------------------------------------------------------------------
 
 class _Student:
-    def __init__(self, model: nn.Module, groups: list[GroupStructure], cfg: PruneConfig) -> None:
+    """One student: its model, optimiser, gates, Taylor sensitivity (EMA) and its
+    expected-sparse set E_t. ``teacher_gates``: the teacher's gates of the same groups, the
+    reference values for scoring and for restoring a channel that leaves E_t dead."""
+
+    def __init__(self, model: nn.Module, groups: list[GroupStructure], cfg: PruneConfig,
+                 teacher_gates: list[GroupGates]) -> None:
         self.model = model
         self.gates = [GroupGates(model, g) for g in groups]
+        self.ref = [[p.detach() for p in tg.params] for tg in teacher_gates]
+        self.ref_rows = [tg.matrix() for tg in teacher_gates]
+        self.rms_scale = [gg.row_sizes().sqrt() for gg in self.gates]  # threshold per row
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
         self.sens = [np.zeros(g.width) for g in groups]
         self.seen = 0
         self.sparse: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in groups]
         self.lambda_s = 0.0
+        self.left = self.regrown = 0  # channels that left E_t / of those, restored from zero
 
     def update_sensitivity(self, rho: float) -> None:
+        """EMA of the Taylor score with the teacher's gate values as theta. A channel whose
+        gate is exactly zero gets no gradient through its ReLU, so its score is kept as it
+        was, not decayed toward zero: it can still outrank a live channel and leave E_t."""
         for i, gg in enumerate(self.gates):
-            s = gg.taylor()
-            self.sens[i] = s if self.seen == 0 else rho * self.sens[i] + (1 - rho) * s
+            s = gg.taylor(self.ref[i])
+            if self.seen == 0:
+                self.sens[i] = s
+            else:
+                alive = gg.norms() > 0
+                self.sens[i] = np.where(alive, rho * self.sens[i] + (1 - rho) * s, self.sens[i])
         self.seen += 1
 
     def normalised_sensitivity(self) -> list[np.ndarray]:
@@ -197,17 +222,48 @@ class _Student:
         scale compare (Molchanov et al. normalise per layer)."""
         return [s / max(float(s.mean()), 1e-30) for s in self.sens]
 
+    def set_sparse(self, sparse: list[np.ndarray], *, regrow: bool) -> tuple[int, int]:
+        """Make ``sparse`` the new E_t. A channel that leaves E_t stops being shrunk; one
+        that left exactly zero (no gradient reaches it any more) is restored to the teacher's
+        gate when ``regrow``. Returns (channels that left, of those restored)."""
+        left = regrown = 0
+        for i, (gg, old, new) in enumerate(zip(self.gates, self.sparse, sparse, strict=True)):
+            gone = np.setdiff1d(old, new)
+            left += len(gone)
+            if regrow and len(gone):
+                dead = gone[gg.norms()[gone] == 0]
+                if len(dead):
+                    gg.write(torch.as_tensor(dead), self.ref_rows[i][torch.as_tensor(dead)])
+                    regrown += len(dead)
+        self.sparse = sparse
+        self.left += left
+        self.regrown += regrown
+        return left, regrown
+
     @torch.no_grad()
     def ista(self, threshold: float) -> None:
-        for gg, e in zip(self.gates, self.sparse, strict=True):
+        """Group soft-threshold E_t's gates by ``threshold`` x sqrt(gate size): a gate with
+        more parameters (a residual stream's, with several BatchNorms) has a larger norm at
+        the same per-parameter scale, and needs as many steps to reach zero."""
+        for gg, e, scale in zip(self.gates, self.sparse, self.rms_scale, strict=True):
             if len(e):
                 rows = torch.as_tensor(e)
                 gm = gg.matrix()[rows]
-                gg.write(rows, group_soft_threshold(gm, threshold))
+                gg.write(rows, group_soft_threshold(gm, threshold * scale[rows.to(scale.device)]))
 
-    def max_sparse_norm(self) -> float:
-        return max((float(gg.matrix()[torch.as_tensor(e)].norm(dim=1).max())
-                    for gg, e in zip(self.gates, self.sparse, strict=True) if len(e)), default=0.0)
+    def max_sparse_norm(self, *, rms: bool = False) -> float:
+        """The largest gate norm in E_t (``rms``: divided by sqrt(gate size))."""
+        out = 0.0
+        for gg, e, scale in zip(self.gates, self.sparse, self.rms_scale, strict=True):
+            if len(e):
+                rows = torch.as_tensor(e)
+                n = gg.matrix()[rows].norm(dim=1)
+                out = max(out, float((n / scale[rows.to(scale.device)] if rms else n).max()))
+        return out
+
+    def rms_norms(self) -> np.ndarray:
+        return np.concatenate([gg.norms() / scale.cpu().numpy()
+                               for gg, scale in zip(self.gates, self.rms_scale, strict=True)])
 
     def zero_counts(self) -> list[int]:
         return [int((gg.norms() == 0).sum()) for gg in self.gates]
@@ -277,11 +333,12 @@ class Pruner:
         self.t_feat = _Features(teacher, points) if self.use_feat else None
         self.students: list[_Student] = []
         self.s_feats: list[_Features | None] = []
+        teacher_gates = [GroupGates(teacher, g) for g in self.groups]
         for _ in range(cfg.students):
             m = copy.deepcopy(self.model).to(device).train()
             for p in m.parameters():
                 p.requires_grad_(True)
-            self.students.append(_Student(m, self.groups, cfg))
+            self.students.append(_Student(m, self.groups, cfg, teacher_gates))
             self.s_feats.append(_Features(m, points) if self.use_feat else None)
         self.view_gen = [torch.Generator().manual_seed(cfg.seed * 1000 + k) for k in range(cfg.students)]
 
@@ -399,7 +456,7 @@ class Pruner:
         record: dict[str, Any] = {"step": step, "lr": self._lr(step), "budget_t": target_now}
         if self.acc["n"]:
             record.update({k: self.acc[k] / self.acc["n"] for k in ("kd", "feat", "ml")})
-        preds, lams, sel = [], [], []
+        preds, lams, sel, left = [], [], [], []
         for st in self.students:
             zero = st.zero_counts()
             zero_cost = self._cost_of({g.name: g.width - z for g, z in zip(groups, zero, strict=True)})
@@ -409,7 +466,7 @@ class Pruner:
                 # after the ramp, E must reach exact zero by the end: the thresholds still to
                 # come (sum of lr * lambda_s) must at least cover twice the largest E gate norm
                 rest = sum(self._lr(s) for s in range(step, ph.end))
-                worst = st.max_sparse_norm()
+                worst = st.max_sparse_norm(rms=True)
                 if rest > 0 and worst > 0:
                     st.lambda_s = max(st.lambda_s, 2 * worst / rest)
             if step < ph.select_stop and (cfg.dynamic_set or not ph.selected):
@@ -418,11 +475,12 @@ class Pruner:
                                              strict=True)), self._cost_of, b,
                                     round_to=self.round_to, min_width=self.min_width,
                                     latency_weighting=cfg.latency_weighting)
-                st.sparse = [np.setdiff1d(np.arange(g.width), s.keep[g.name]) for g in groups]
+                left.append(st.set_sparse([np.setdiff1d(np.arange(g.width), s.keep[g.name]) for g in groups],
+                                          regrow=cfg.dynamic_set))
                 sel.append(s.predicted_cost)
                 if st.lambda_s == 0.0:
-                    norms = np.concatenate([gg.norms() for gg in st.gates])
-                    st.lambda_s = float(np.median(norms)) / (cfg.lr * interval)
+                    # a gate of median per-parameter size needs shrink_intervals intervals to zero
+                    st.lambda_s = float(np.median(st.rms_norms())) / (cfg.lr * interval * cfg.shrink_intervals)
             preds.append(zero_cost)
             lams.append(st.lambda_s)
         self.selected_once = self.selected_once or bool(sel)
@@ -431,7 +489,8 @@ class Pruner:
         self.last["predicted"] = preds[0]
         self.last["sparsity"] = sum(self.students[0].zero_counts()) / total_ch
         record.update({"predicted": preds, "selected": sel, "lambda_s": lams,
-                       "sparsity": self.last["sparsity"]})
+                       "sparsity": self.last["sparsity"],
+                       "left_sparse_set": [n for n, _ in left], "regrown": [r for _, r in left]})
         self.history.append(record)
         self.acc.update(kd=0.0, feat=0.0, ml=0.0, n=0)
 
@@ -509,6 +568,7 @@ class Pruner:
             params_before=sum(p.numel() for p in teacher.parameters()),
             params_after=sum(p.numel() for p in pruned.parameters()),
             student=best, student_kl=tuple(kls), removal_max_abs_diff=diff,
+            left_sparse_set=students[best].left, regrown=students[best].regrown,
             max_hard_zeroed_norm=max(hard), history=tuple(self.history), config=cfg, steps=step,
             seconds=time.perf_counter() - self.started, notes=tuple(notes))
 

@@ -42,6 +42,8 @@ class PruneResult:
     steps: int
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    left_sparse_set: int = 0  # channels of the chosen student that left E_t during the run
+    regrown: int = 0  # of those, restored from exactly zero
     internal_budget: float | None = None  # the predicted budget the last round pruned to
     # closed-loop rounds on the target: step, internal_budget, predicted, measured_ms,
     # budget_ms (measured budget), measured_over_budget; empty when not verified
@@ -81,6 +83,7 @@ class PruneResult:
             "student": self.student, "student_kl": list(self.student_kl),
             "removal_max_abs_diff": self.removal_max_abs_diff,
             "max_hard_zeroed_norm": self.max_hard_zeroed_norm,
+            "left_sparse_set": self.left_sparse_set, "regrown": self.regrown,
             "steps": self.steps, "seconds": self.seconds,
             "config": self.config.to_dict(), "notes": list(self.notes),
             "history": list(self.history),
@@ -95,7 +98,8 @@ class PruneResult:
             f"MACs {self.macs_before / 1e6:.2f}M -> {self.macs_after / 1e6:.2f}M",
             f"student {self.student} (KL to teacher {', '.join(f'{k:.4f}' for k in self.student_kl)}), "
             f"removal max |dlogit| {self.removal_max_abs_diff:.2e}, largest hard-zeroed gate "
-            f"{self.max_hard_zeroed_norm:.2e}, {self.steps} steps in {self.seconds:.0f} s",
+            f"{self.max_hard_zeroed_norm:.2e}, {self.steps} steps in {self.seconds:.0f} s; "
+            f"{self.left_sparse_set} channel(s) left the sparse set ({self.regrown} restored from zero)",
             *self._verify_lines(),
             *self.notes,
             "",

@@ -17,7 +17,8 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(sys.argv[1], "w") as f:
             json.dump({"widths": res.group_widths_after, "world": int(os.environ["WORLD_SIZE"]),
-                       "kl": list(res.student_kl)}, f)
+                       "kl": list(res.student_kl), "predicted": res.predicted_cost,
+                       "budget": res.budget}, f)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,15 @@ def test_taylor_scores_golden():
     bn.bias.grad = torch.tensor([4.0, 2.0])
     # channel 0: (2*0.5 + 1*4)^2 = 25; channel 1: (3*1 + -1*2)^2 = 1
     assert taylor_scores(model, g).tolist() == pytest.approx([25.0, 1.0])
+    # with reference values (the teacher's gate) in place of theta: a zeroed gate still scores
+    from edgeprune.pruning.gates import GroupGates
+
+    gg = GroupGates(model, g)
+    gg.zero([0])
+    ref = [torch.tensor([2.0, 3.0]), torch.tensor([1.0, -1.0])]
+    assert gg.taylor().tolist() == pytest.approx([0.0, 1.0])
+    assert gg.taylor(ref).tolist() == pytest.approx([25.0, 1.0])
+    assert gg.row_sizes().tolist() == [2.0, 2.0]  # gamma and beta of one BatchNorm
 
 
 def test_concat_and_squeeze_excitation_prune_losslessly():

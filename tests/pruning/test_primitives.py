@@ -15,6 +15,9 @@ def test_group_soft_threshold_golden():
     assert torch.equal(group_soft_threshold(g, 0.0), g)
     with pytest.raises(ValueError):
         group_soft_threshold(g, -1.0)
+    # one threshold per row (scaled by sqrt of each gate's size in the pruner)
+    per_row = group_soft_threshold(g, torch.tensor([2.5, 0.1, 1.0, 20.0]))
+    assert torch.allclose(per_row, torch.tensor([[1.5, 2.0], [0.24, 0.32], [0.0, 0.0], [0.0, 0.0]]))
 
 
 def _linear_latency(cost):

@@ -254,8 +254,10 @@ def test_dynamic_set_switch_fixes_the_set_after_the_first_choice():
     chosen = [len(h["selected"]) > 0 for h in fixed.history]
     assert chosen.count(True) == 1 and chosen[0]
     assert sum(len(h["selected"]) > 0 for h in dyn.history) > 2
-    # the fixed set was chosen against the final budget at once: sparse from the first check on
-    assert fixed.history[1]["sparsity"] > dyn.history[1]["sparsity"]
+    # the fixed set was chosen against the final budget at once, the dynamic one against the ramp
+    assert fixed.history[0]["selected"][0] <= 0.5 * cost() < dyn.history[0]["selected"][0]
+    assert all(f["sparsity"] >= d["sparsity"] for f, d in zip(fixed.history[:4], dyn.history[:4], strict=True))
+    assert fixed.left_sparse_set == 0  # nothing leaves a fixed set
     assert fixed.predicted_cost <= 0.5 * cost() and dyn.predicted_cost <= 0.5 * cost()
 
 
@@ -334,3 +336,38 @@ def test_config_dict_round_trip_rejects_unknown_keys():
     assert PruneConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown PruneConfig keys \\['studnets'\\]"):
         PruneConfig.from_dict({"studnets": 2})
+
+
+def test_a_channel_wrongly_put_in_the_sparse_set_leaves_it_and_regrows():
+    """Force the most sensitive channel of a group into E_t and zero its gate, as if ISTA had
+    driven it there: its score is kept (a dead gate gets no gradient), so the next choice
+    keeps it, it leaves E_t and is restored to the teacher's gate."""
+    from edgeprune.pruning.cost import MacsCost
+    from edgeprune.pruning.pruner import Pruner
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    pr = Pruner(model, cost=cost, budget=0.6 * cost.of_model(model), target="macs", round_to=1, config=FAST)
+    batches = random_batches()
+    pr.prepare(batches[:2], total_steps=FAST.steps)
+    for x in batches[2:7]:  # steps 0..4: the check at step 4 chooses E_t
+        pr.step(x)
+    st = pr.students[0]
+    gi = max(range(len(pr.groups)), key=lambda i: pr.groups[i].width)
+    c = int(np.argmax(st.sens[gi]))
+    assert c not in st.sparse[gi]
+    st.sparse[gi] = np.sort(np.append(st.sparse[gi], c))
+    st.gates[gi].zero([c])
+    score = st.sens[gi][c]
+    for x in batches[7:10]:  # steps 5..7: no gradient reaches the dead gate; its score stays
+        pr.step(x)
+    assert st.sens[gi][c] == score and st.gates[gi].norms()[c] == 0
+    pr.step(batches[2])  # step 8: the check re-chooses E_t
+    assert c not in st.sparse[gi]
+    assert pr.history[-1]["left_sparse_set"][0] >= 1 and pr.history[-1]["regrown"][0] >= 1
+    teacher_row = st.ref_rows[gi][c]
+    assert st.gates[gi].norms()[c] > 0.5 * float(teacher_row.norm())  # back, near the teacher's gate
+    res = pr.finalize()
+    pr.close()
+    assert st.left >= 1 and st.regrown >= 1
+    assert (res.left_sparse_set, res.regrown) == (pr.students[res.student].left, pr.students[res.student].regrown)
