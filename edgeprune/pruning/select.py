@@ -4,7 +4,9 @@ until the predicted latency meets the budget.
 
 Blocks are ``round_to`` channels (the runtime's kernels move in such steps), taken from the
 least sensitive end of a group; a block's cost is the predicted latency difference at the
-group's *current* width, so step-shaped latency curves are priced as they are.
+group's *current* width, so step-shaped latency curves are priced as they are. Where the
+next block saves nothing (a flat stretch of the table), the group is priced as the blocks up
+to the first that does, taken together: a block that saves nothing alone is no longer a wall.
 """
 
 from __future__ import annotations
@@ -53,25 +55,33 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
 
     current = latency_ms(widths)
     while current > budget_ms:
-        best, best_key, best_ms = None, None, None
+        best, best_key, best_ms, best_m = None, None, None, None
         for g in sorted(widths):
-            n = widths[g]
-            m = next_width(g, n)
-            if m >= n:
-                continue  # at its floor
-            removed = order[g][total[g] - n: total[g] - m]  # the next least sensitive block
-            value = float(np.sum(np.asarray(sensitivity[g], dtype=np.float64)[removed]))
-            ms = latency_ms({**widths, g: m})
-            saved = current - ms
-            if latency_weighting:
+            n = m = widths[g]
+            # the next least sensitive block; with latency weighting, while the blocks taken so
+            # far save nothing (a flat stretch of the latency table), look one block further
+            while True:
+                m_next = next_width(g, m)
+                if m_next >= m:
+                    break  # at its floor
+                m = m_next
+                removed = order[g][total[g] - n: total[g] - m]
+                value = float(np.sum(np.asarray(sensitivity[g], dtype=np.float64)[removed]))
+                ms = latency_ms({**widths, g: m})
+                saved = current - ms
+                if not latency_weighting:
+                    key = value
+                    break
                 key = value / saved if saved > 0 else np.inf
-            else:
-                key = value
+                if saved > 0:
+                    break
+            if m >= n:
+                continue
             if best_key is None or key < best_key:
-                best, best_key, best_ms = g, key, ms
+                best, best_key, best_ms, best_m = g, key, ms, m
         if best is None or best_key == np.inf:
             break  # nothing left to remove, or nothing that saves time
-        widths[best] = next_width(best, widths[best])
+        widths[best] = best_m
         current = best_ms
     keep = {g: np.sort(order[g][len(sensitivity[g]) - widths[g]:]) for g in sensitivity}
     return Selection(keep, widths, current, current <= budget_ms)

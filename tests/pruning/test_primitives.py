@@ -65,3 +65,19 @@ def test_selection_respects_round_to_and_min_width():
     sens = {"a": np.arange(20, dtype=float)}
     sel = select_channels(sens, _linear_latency({"a": 1.0}), 0.0, round_to=8, min_width=8)
     assert sel.widths == {"a": 8} and not sel.met_budget  # 20 -> 16 -> 8, never below 8
+
+
+def test_selection_crosses_a_flat_stretch_of_the_latency_table():
+    """Group a's latency steps every 8 channels (16 -> 8 saves 6 ms, 16 -> 12 nothing), b is
+    linear and expensive per unit of value. Priced block by block, a's first block saves
+    nothing and a could never be thinned; priced to the first block that saves, a's two
+    blocks together are the better deal."""
+    sens = {"a": np.ones(16), "b": np.full(16, 10.0)}
+
+    def step_latency(widths):
+        return 6.0 * np.ceil(widths["a"] / 8) + 0.5 * widths["b"]
+
+    sel = select_channels(sens, step_latency, 18.0, round_to=4, min_width=4)
+    assert sel.widths == {"a": 8, "b": 16} and sel.predicted_cost == pytest.approx(14.0)
+    # without the look-ahead a block of b (value 40, 2 ms) would have gone instead of a (value 8)
+    assert sel.met_budget
