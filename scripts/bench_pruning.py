@@ -67,6 +67,7 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: plain Taylor": {"latency_weighting": False},
     "edgeprune: static sparse set": {"dynamic_set": False},
     "edgeprune: MACs cost": {},  # pruned on the macs target instead of the latency table
+    "edgeprune: + BN recalibration": {"bn_recalibration": 50},  # an option, kept if val says so
 }
 RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
 MATCH = 1.03  # a peer's measured ratio may exceed the budget by at most 3%

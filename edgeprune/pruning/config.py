@@ -60,6 +60,8 @@ class PruneConfig:
     mutual_learning: bool = True
     latency_weighting: bool = True
     dynamic_set: bool = True
+    # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
+    bn_recalibration: int = 0
     # closed loop on the measured latency
     verify: bool | None = None
     verify_rounds: int = 3
@@ -88,6 +90,8 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 1):
                 raise bad(name, "None (the target's round_to) or an integer >= 1")
+        if not is_int(self.bn_recalibration) or self.bn_recalibration < 0:
+            raise bad("bn_recalibration", "an integer >= 0 (training batches; 0 = off)")
         if not is_int(self.heldout_batches) or self.heldout_batches < 1:
             raise bad("heldout_batches", "an integer >= 1")
         if not is_int(self.seed):

@@ -631,11 +631,23 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                 raise DataError("pruning data yielded no training batches on a later pass; it must "
                                 "yield the same batches every time it is iterated")
 
+    def finish(result: PruneResult) -> PruneResult:
+        if not cfg.bn_recalibration:
+            return result
+        taken = []
+        for bi, batch in enumerate(data):
+            if bi >= cfg.heldout_batches:
+                taken.append(input_of(batch))
+            if len(taken) == cfg.bn_recalibration:
+                break
+        recalibrate_batchnorm(result.model, taken)
+        return result
+
     try:
         train_until(total_steps)
         result = pruner.finalize()
         if measure is None:
-            return result
+            return finish(result)
         steps = cfg.verify_steps or max(4 * cfg.update_interval + 1, round(0.15 * total_steps))
         rounds: list[dict[str, Any]] = []
         notes = list(result.notes)
@@ -660,10 +672,34 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
         if last["measured_ms"] > last["budget_ms"]:
             notes.append(f"over budget in measurement: {last['measured_ms']:.4g} ms measured against "
                          f"{last['budget_ms']:.4g} ms after {len(rounds) - 1} closed-loop round(s)")
-        return dataclasses.replace(result, verify=tuple(rounds), notes=tuple(notes),
-                                   seconds=time.perf_counter() - pruner.started)
+        return finish(dataclasses.replace(result, verify=tuple(rounds), notes=tuple(notes),
+                                          seconds=time.perf_counter() - pruner.started))
     finally:
         pruner.close()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running mean and variance of ``model`` (in place) as the
+    plain average over ``batches`` (unlabeled inputs), then leave it in eval mode: after
+    channels are removed, the statistics the students tracked while their gates were still
+    shrinking describe a network that no longer exists. No parameter changes."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    momenta = [m.momentum for m in bns]
+    device = next(model.parameters()).device
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    try:
+        for x in batches:
+            model(x.to(device))
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.eval()
 
 
 def _measured(measure: Callable[[nn.Module], tuple[float, float]], model: nn.Module,

@@ -371,3 +371,35 @@ def test_a_channel_wrongly_put_in_the_sparse_set_leaves_it_and_regrows():
     pr.close()
     assert st.left >= 1 and st.regrown >= 1
     assert (res.left_sparse_set, res.regrown) == (pr.students[res.student].left, pr.students[res.student].regrown)
+
+
+def test_batchnorm_recalibration_averages_the_statistics_of_the_given_batches():
+    from edgeprune.pruning.pruner import recalibrate_batchnorm
+
+    model = small_cnn().eval()
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    with torch.no_grad():
+        bn.running_mean.fill_(100.0)
+        bn.running_var.fill_(1e-3)
+    batches = random_batches(n=3, batch=8)
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    recalibrate_batchnorm(model, batches)
+    hook.remove()
+    x = torch.cat(seen)  # 3 equal batches: the plain average of batch statistics
+    means = torch.stack([b.mean(dim=(0, 2, 3)) for b in seen])
+    variances = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in seen])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, variances.mean(0), rtol=1e-4)
+    assert x.shape[0] == 24 and not model.training and bn.momentum == 0.1
+    assert all(torch.equal(params[k], v) for k, v in model.named_parameters())  # only buffers change
+    cost = _MacsLike(small_cnn())
+    kw = dict(cost=cost, budget=0.6 * cost(), target="t", round_to=1)
+    off = run(small_cnn(), random_batches(), config=FAST, **kw)
+    on = run(small_cnn(), random_batches(), config=FAST.replace(bn_recalibration=4), **kw)
+    assert on.group_widths_after == off.group_widths_after  # same run; only the statistics differ
+    assert all(torch.equal(a, b) for a, b in zip(on.model.parameters(), off.model.parameters(), strict=True))
+    stats = [(a, b) for (k, a), (_, b) in zip(on.model.state_dict().items(), off.model.state_dict().items(),
+                                              strict=True) if k.endswith("running_mean")]
+    assert stats and not all(torch.equal(a, b) for a, b in stats)
