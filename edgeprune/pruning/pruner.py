@@ -19,11 +19,12 @@ Deviations from METHOD.md, and why:
 - The set E_t chosen at a check is priced against the budget of the *next* check, so ISTA has
   one interval to zero it before the ramp gets there.
 - Sensitivity uses the teacher's gate values as theta (sum of theta_T * dL/dtheta, squared):
-  a student's own theta shrinks to zero in E_t and would take the score with it, so nothing
-  could ever leave E_t. A gate that is exactly zero gets no gradient through its ReLU; its
-  score is kept as it was. A channel that leaves E_t stops being shrunk, and one that left
-  exactly zero is restored to the teacher's gate (``dynamic_set``), so a wrong choice is
-  undone; the history counts both per check.
+  a student's own theta shrinks in E_t and would take the score down with it, so nothing
+  could leave E_t. With the soft start of lambda_s (below) a gate needs several intervals to
+  reach zero; meanwhile a wrongly chosen channel keeps a high score, leaves E_t, stops being
+  shrunk and regrows by gradient. A gate at exactly zero gets no gradient through its ReLU
+  and its score decays; in the rare case such a channel is kept again, it is restored to the
+  teacher's gate (``dynamic_set``). The history counts both per check.
 - The threshold of a channel is lr * lambda_s * sqrt(its gate size): a residual stream's gate
   spans several BatchNorms and has a larger norm at the same per-parameter scale.
   lambda_s starts at (median per-parameter gate norm) / (lr * update_interval *
@@ -205,16 +206,15 @@ class _Student:
         self.left = self.regrown = 0  # channels that left E_t / of those, restored from zero
 
     def update_sensitivity(self, rho: float) -> None:
-        """EMA of the Taylor score with the teacher's gate values as theta. A channel whose
-        gate is exactly zero gets no gradient through its ReLU, so its score is kept as it
-        was, not decayed toward zero: it can still outrank a live channel and leave E_t."""
+        """EMA of the Taylor score with the teacher's gate values as theta: while a gate in
+        E_t shrinks, its score still measures what restoring the channel would bring, so a
+        wrongly chosen channel can outrank a kept one and leave E_t before it reaches zero.
+        (A gate at exactly zero gets no gradient through its ReLU and its score decays:
+        keeping dead channels' last scores instead made channels leave E_t and be restored by
+        the dozen at every check, thrashing; measured on ResNet-20, val 93.85% vs 95.35%.)"""
         for i, gg in enumerate(self.gates):
             s = gg.taylor(self.ref[i])
-            if self.seen == 0:
-                self.sens[i] = s
-            else:
-                alive = gg.norms() > 0
-                self.sens[i] = np.where(alive, rho * self.sens[i] + (1 - rho) * s, self.sens[i])
+            self.sens[i] = s if self.seen == 0 else rho * self.sens[i] + (1 - rho) * s
         self.seen += 1
 
     def normalised_sensitivity(self) -> list[np.ndarray]:
