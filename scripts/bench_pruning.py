@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
     doc = _load(out)
     doc.update(provenance("pruning", "bench_pruning.py", argv))
-    a.command = doc["command"]
+    a.command, a.commit = doc["command"], _commit()  # the code this invocation runs
     doc["what"] = ("edgeprune (no labels, no fine-tuning) against Torch-Pruning (labels, fine-tuned "
                    f"as many epochs) at equal measured latency on {t.name}; top-1 on shapes:test")
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-pruning-") as d:
@@ -198,7 +198,7 @@ def _best(tp_models: dict) -> str | None:
 def _row(cx: _Ctx, method: str, r: float, seed: int, **kw) -> dict:
     # rows of several invocations (and code versions) merge into one file: each names its own
     return {"model": cx.name, "method": method, "budget_ratio": r, "seed": seed,
-            "ran_on": cx.ran_on, "command": cx.a.command, "commit": _commit(), **kw}
+            "ran_on": cx.ran_on, "command": cx.a.command, "commit": cx.a.commit, **kw}
 
 
 def _commit() -> str:
