@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -156,12 +157,17 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
                    config=config, measure=measure, on_progress=on_progress)
 
 
+VERIFY_TIMING_ROUNDS = 3  # runs of the target's timing protocol per closed-loop measurement
+
+
 def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, int], work: str, *,
                             budget_ms: float | None, budget_ratio: float | None
                             ) -> Callable[[nn.Module], tuple[float, float]]:
     """``measure(pruned) -> (measured ms, budget ms)`` on ``t``: for a ratio budget the pruned
     model is timed interleaved with the baseline (converted once) and the budget is the ratio
-    of the baseline measured in that same run, so drift on the machine hits both alike."""
+    of the baseline measured in that same run, so drift on the machine hits both alike. Each
+    is the median of ``VERIFY_TIMING_ROUNDS`` runs of the target's protocol: one run of it
+    (3 passes) moved by about 10% on a noisy host, and the loop acts on the number."""
     from pathlib import Path
 
     import torch
@@ -177,10 +183,12 @@ def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, 
     def measure(pruned: nn.Module) -> tuple[float, float]:
         calls[0] += 1
         art = convert_for(pruned, t, Path(work) / f"pruned-{calls[0]}{suffix}", example)
+        arts = [art] if base is None else [base, art]
+        rounds = [[st.median_ms for st in time_artifacts(arts, t, seed=k)] for k in range(VERIFY_TIMING_ROUNDS)]
+        ms = [statistics.median(r[i] for r in rounds) for i in range(len(arts))]
         if base is None:
-            return time_artifacts([art], t)[0].median_ms, float(budget_ms)  # type: ignore[arg-type]
-        b, p = time_artifacts([base, art], t)
-        return p.median_ms, budget_ratio * b.median_ms  # type: ignore[operator]
+            return ms[0], float(budget_ms)  # type: ignore[arg-type]
+        return ms[1], budget_ratio * ms[0]  # type: ignore[operator]
 
     return measure
 
