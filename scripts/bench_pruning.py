@@ -26,7 +26,7 @@ baseline, in ``--rounds`` rounds (the median of round values). Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
 
     python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
-        [--methods edgeprune tp-l1 ...] [--ablations] [--seeds 0 1 2] [--epochs 8]
+        [--methods edgeprune tp-l1 ...] [--ablations [NAME ...]] [--seeds 0 1 2] [--epochs 8]
         [--report-dir docs/benchmarks]
 """
 
@@ -68,6 +68,7 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: static sparse set": {"dynamic_set": False},
     "edgeprune: MACs cost": {},  # pruned on the macs target instead of the latency table
     "edgeprune: + BN recalibration": {"bn_recalibration": 50},  # an option, kept if val says so
+    "edgeprune: + block removal": {"remove_blocks": True},  # the default uses it only below the floor
 }
 RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
 MATCH = 1.03  # a peer's measured ratio may exceed the budget by at most 3%
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="+", type=float, default=None,
                     help="fractions of the measured baseline (default: per model, see BUDGETS)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--ablations", action="store_true", help="edgeprune's switches at 0.5x")
+    ap.add_argument("--ablations", nargs="*", default=None, choices=list(ABLATIONS), metavar="NAME",
+                    help="edgeprune's switches at 0.5x: all, or only those named")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="seeds for edgeprune and the best Torch-Pruning variant (others: the first)")
     ap.add_argument("--epochs", type=int, default=8, help="edgeprune's epochs = the peers' fine-tuning")
@@ -170,9 +172,9 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
             first = seed == a.seeds[0]
             if "edgeprune" in a.methods:
                 pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
-            if first and a.ablations and r == 0.5:
-                for label, switches in ABLATIONS.items():
-                    pending.append(_edgeprune(cx, r, seed, switches, label))
+            if first and a.ablations is not None and r == 0.5:
+                for label in a.ablations or ABLATIONS:
+                    pending.append(_edgeprune(cx, r, seed, ABLATIONS[label], label))
             best = _best(tp_models)
             for c in TP_CRITERIA:
                 if f"tp-{c}" in a.methods and (first or c == best):
@@ -241,7 +243,8 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
                cost_target="macs" if macs else cx.t.name,
                history=list(res.history), widths_before=res.to_dict()["widths_before"],
                widths_after=res.to_dict()["widths_after"],
-               group_widths_after=res.group_widths_after, student=res.student)
+               group_widths_after=res.group_widths_after, student=res.student,
+               removed_blocks=list(res.removed_blocks))
     print(f"{cx.name} {label} {r}x seed {seed}: val {100 * row['top1_val']:.2f}% in {wall:.0f} s",
           flush=True)
     return row, res.model, cx.artifact(res.model, f"{label}-{r}-{seed}".replace(" ", "_").replace(":", ""))

@@ -37,7 +37,8 @@ class LayerUnit:
         return self.c_out * self.out_hw[0] * self.out_hw[1]
 
     def macs(self, c_in: int | None = None, c_out: int | None = None) -> int:
-        ci, co = c_in or self.c_in, c_out or self.c_out
+        ci = self.c_in if c_in is None else c_in  # 0: a removed layer
+        co = self.c_out if c_out is None else c_out
         hw = self.out_hw[0] * self.out_hw[1]
         if self.kind == "dwconv":
             return co * hw * self.kernel[0] * self.kernel[1]

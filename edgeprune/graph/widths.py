@@ -1,22 +1,27 @@
 """Every conv/linear's (c_in, c_out) as a function of channel-group widths: what a latency
 profile prices (a layer holding a share of a group, such as one branch of a concatenation, is
-priced at that share of the group's width)."""
+priced at that share of the group's width). A removed residual block's layers are (0, 0): a
+layer with no channels does not exist and costs nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from edgeprune.graph.blocks import BlockStructure
 from edgeprune.graph.groups import GroupStructure
 
 
 class WidthMap:
     """Every conv/linear's (c_in, c_out) as a function of group widths: ``wm({g: width})``
-    (groups not named keep their width; layers in no group keep theirs). Built once per
-    model, so a selection loop can price thousands of candidate widths cheaply."""
+    (groups not named keep their width; layers in no group keep theirs; a block of
+    ``blocks`` given width 0 is removed: its layers become (0, 0)). Built once per model, so
+    a selection loop can price thousands of candidate widths cheaply."""
 
-    def __init__(self, model: nn.Module, groups: list[GroupStructure]) -> None:
+    def __init__(self, model: nn.Module, groups: list[GroupStructure],
+                 blocks: Sequence[BlockStructure] = ()) -> None:
+        self.blocks = {b.name: b.layers for b in blocks}
         self.base: dict[str, tuple[int, int]] = {}
         for name, m in model.named_modules():
             if isinstance(m, nn.Conv2d):
@@ -38,6 +43,8 @@ class WidthMap:
     def __call__(self, group_widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
         widths = dict(self.base)
         for gname, w in group_widths.items():
+            if gname in self.blocks:
+                continue
             for path, side, share, dw in self.effects[gname]:
                 n = max(1, round(int(w) * share))
                 ci, co = widths[path]
@@ -45,6 +52,9 @@ class WidthMap:
                     widths[path] = (n, n) if dw else (ci, n)  # depthwise: in and out move together
                 else:
                     widths[path] = (n, co)
+        for bname, layers in self.blocks.items():
+            if group_widths.get(bname, 1) == 0:
+                widths.update({path: (0, 0) for path in layers})
         return widths
 
 

@@ -11,8 +11,10 @@ One ``.safetensors`` file. The tensors are the model's ``state_dict``; the safet
                "class_names": [...]},
      "edgeprune_version": "0.1.0", "metadata": {...}}
 
-``layers`` records every conv / batch-norm / linear's channel widths, so a pruned model is
-rebuilt by creating the architecture at full width and resizing those modules. Loading never
+``layers`` records every conv / batch-norm / linear's channel widths, and every
+``nn.Identity`` (``{"kind": "identity"}``: a residual block that pruning removed is one), so a
+pruned model is rebuilt by creating the architecture at full width, replacing the removed
+blocks and resizing those modules. Loading never
 unpickles: a ``module:factory`` architecture is imported by name like any installed code.
 """
 
@@ -98,10 +100,13 @@ def spec_of(model: nn.Module) -> ModelSpec | None:
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int | str]]:
-    """Channel widths of every conv, batch-norm and linear layer, keyed by module path."""
+    """Channel widths of every conv, batch-norm and linear layer, and every identity (a
+    removed block), keyed by module path."""
     out: dict[str, dict[str, int | str]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Identity) and name:
+            out[name] = {"kind": "identity"}
+        elif isinstance(m, nn.Conv2d):
             out[name] = {"kind": "conv2d", "in_channels": m.in_channels,
                          "out_channels": m.out_channels, "groups": m.groups}
         elif isinstance(m, nn.BatchNorm2d):
@@ -242,7 +247,18 @@ def load(path: str | os.PathLike) -> nn.Module:
 
 def _resize_layers(model: nn.Module, layers: dict[str, dict], path: Path) -> None:
     modules = dict(model.named_modules())
+    removed = [n for n, rec in layers.items() if rec.get("kind") == "identity"]
+    for name in removed:  # blocks removed by pruning first: their layers are not recorded
+        if name not in modules:
+            raise CheckpointError(f"checkpoint {str(path)!r} names layer {name!r}, which the "
+                                  "architecture does not have")
+        if not isinstance(modules[name], nn.Identity):
+            parent_name, _, child = name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, nn.Identity())
+    modules = dict(model.named_modules())
     for name, rec in layers.items():
+        if rec.get("kind") == "identity":
+            continue
         old = modules.get(name)
         if old is None:
             raise CheckpointError(f"checkpoint {str(path)!r} names layer {name!r}, which the "

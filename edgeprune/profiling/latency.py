@@ -42,6 +42,7 @@ from torch import nn
 
 from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.graph.blocks import removed_under
 from edgeprune.graph.layers import LayerUnit, layer_units
 from edgeprune.profiling.measurement import _SUFFIX, check_measurable, convert_for, time_artifacts
 from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
@@ -110,10 +111,13 @@ class LatencyProfile:
     # ---- prediction ---------------------------------------------------------------------
 
     def units(self, model: nn.Module) -> list[LayerUnit]:
+        """The model's layers, checked against the profiled architecture (a layer may be
+        missing only inside a residual block that pruning replaced by an identity)."""
         units = layer_units(model, self.input_shape)
         paths = {u.path for u in units}
-        if paths != set(self.layers):
-            extra, missing = sorted(paths - set(self.layers)), sorted(set(self.layers) - paths)
+        expected = {p for p in self.layers if p in paths or not removed_under(model, p)}
+        if paths != expected:
+            extra, missing = sorted(paths - expected), sorted(expected - paths)
             raise ProfileError(
                 f"model does not match the profiled architecture {self.architecture!r}: layers "
                 f"not in the profile {extra[:3]}, profiled layers missing {missing[:3]}; "
@@ -157,9 +161,15 @@ class LatencyProfile:
 
     def predict_units(self, units: Sequence[LayerUnit],
                       widths: dict[str, tuple[int, int]] | None = None) -> float:
-        """Predicted latency for layer units, optionally at other widths {path: (c_in, c_out)}."""
+        """Predicted latency for layer units, optionally at other widths {path: (c_in, c_out)};
+        a layer at (0, 0) belongs to a removed residual block and costs nothing (the block's
+        add stays in the remainder: the prediction is conservative by that much)."""
         widths = widths or {}
-        total = sum(self.layer_ms(u, *widths.get(u.path, (u.c_in, u.c_out))) for u in units)
+        total = 0.0
+        for u in units:
+            ci, co = widths.get(u.path, (u.c_in, u.c_out))
+            if ci and co:
+                total += self.layer_ms(u, ci, co)
         return self.layer_scale * total + self.remainder_intercept_ms
 
     def predict_ms(self, model: nn.Module) -> float:

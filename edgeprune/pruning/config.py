@@ -30,6 +30,10 @@ class PruneConfig:
     steps, at least 4 intervals), at most ``verify_rounds`` times. None: on for a local
     target that can be timed (host-litert, host-onnxruntime), off for the analytical
     ``macs`` target and for device targets (True measures through the device's agent).
+
+    ``remove_blocks`` lets the pruner remove whole residual blocks (a block whose branch
+    output is driven to zero is an identity): True always, False never, None (default) only
+    when the budget is below what channel pruning alone can reach.
     """
 
     students: int = 2
@@ -62,6 +66,8 @@ class PruneConfig:
     dynamic_set: bool = True
     # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
     bn_recalibration: int = 0
+    # whole residual blocks as removable units (None: only below the channel floor)
+    remove_blocks: bool | None = None
     # closed loop on the measured latency
     verify: bool | None = None
     verify_rounds: int = 3
@@ -82,6 +88,9 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 1):
                 raise bad(name, "None or an integer >= 1")
+        if self.remove_blocks is not None and not isinstance(self.remove_blocks, bool):
+            raise bad("remove_blocks", "None (only when the budget is below the channel floor), "
+                      "true or false")
         if self.verify is not None and not isinstance(self.verify, bool):
             raise bad("verify", "None (on when the target can be timed here), true or false")
         if not isinstance(self.verify_margin, (int, float)) or not 0 <= self.verify_margin < 0.5:

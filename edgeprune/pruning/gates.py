@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.graph.blocks import BlockStructure
 from edgeprune.graph.groups import GroupStructure
 
 
@@ -103,6 +104,58 @@ class GroupGates:
             prod = (theta * p.grad.detach())[local].reshape(len(local), -1).sum(dim=1)
             total.index_add_(0, root, prod.double())
         return (total ** 2).cpu().numpy()
+
+
+class BlockGate:
+    """The gate of a whole residual block (one row): every gamma and beta of the BatchNorm at
+    the end of its branch. When it is zero the block is an identity and is removed. Same
+    interface as :class:`GroupGates`, for a group of one unit."""
+
+    def __init__(self, model: nn.Module, b: BlockStructure) -> None:
+        bn = dict(model.named_modules())[b.gate]
+        self.group = b
+        self.bn = bn
+        self.device = bn.weight.device
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.bn.weight, self.bn.bias]
+
+    def matrix(self) -> torch.Tensor:
+        return torch.cat([p.detach().float() for p in self.params]).reshape(1, -1)
+
+    def norms(self) -> np.ndarray:
+        return self.matrix().norm(dim=1).cpu().numpy()
+
+    @torch.no_grad()
+    def write(self, channels: Sequence[int] | torch.Tensor, rows: torch.Tensor) -> None:
+        if len(channels):
+            c = self.bn.num_features
+            row = rows[0].to(self.device)
+            self.bn.weight.copy_(row[:c])
+            self.bn.bias.copy_(row[c:])
+
+    def zero(self, channels: Sequence[int] | torch.Tensor) -> None:
+        if len(channels):
+            self.write(channels, torch.zeros(1, 2 * self.bn.num_features))
+
+    def row_sizes(self) -> torch.Tensor:
+        return torch.full((1,), 2.0 * self.bn.num_features, device=self.device)
+
+    def taylor(self, ref: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+        """(sum over the block's gate parameters of theta * dL/dtheta)^2: the first-order
+        loss change of removing the block, squared, like a channel's score."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                theta = p.detach() if ref is None else ref[i]
+                total += (theta * p.grad.detach()).sum().double()
+        return np.array([float(total) ** 2])
+
+
+def gates_of(model: nn.Module, g: GroupStructure | BlockStructure) -> GroupGates | BlockGate:
+    """The gates of a channel group or of a residual block, bound to ``model``."""
+    return BlockGate(model, g) if isinstance(g, BlockStructure) else GroupGates(model, g)
 
 
 def gate_matrix(model: nn.Module, g: GroupStructure) -> torch.Tensor:

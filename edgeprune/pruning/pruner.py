@@ -64,12 +64,13 @@ from torch import nn
 
 from edgeprune.data import input_of
 from edgeprune.errors import ConfigError, DataError, EdgepruneError
+from edgeprune.graph.blocks import BlockStructure, remove_blocks, residual_blocks
 from edgeprune.graph.groups import GroupStructure, group_structure
 from edgeprune.graph.surgery import PruningStructureError, remove_channels
 from edgeprune.graph.widths import WidthMap
 from edgeprune.pruning.config import PruneConfig
 from edgeprune.pruning.cost import Cost
-from edgeprune.pruning.gates import GroupGates
+from edgeprune.pruning.gates import BlockGate, GroupGates, gates_of
 from edgeprune.pruning.ista import group_soft_threshold
 from edgeprune.pruning.losses import attention_loss, kd_loss, mutual_loss
 from edgeprune.pruning.result import PruneResult
@@ -187,13 +188,18 @@ class _Phase:
 
 class _Student:
     """One student: its model, optimiser, gates, Taylor sensitivity (EMA) and its
-    expected-sparse set E_t. ``teacher_gates``: the teacher's gates of the same groups, the
-    reference values for scoring and for restoring a channel that leaves E_t dead."""
+    expected-sparse set E_t. ``groups``: channel groups and removable blocks (a block is a
+    group of one unit). ``teacher_gates``: the teacher's gates of the same groups, the
+    reference values for scoring and for restoring a channel that leaves E_t dead.
+    ``norm_of[i]``: the group whose mean score normalises group i's (itself, or for a block
+    the channel group holding its gate BatchNorm)."""
 
-    def __init__(self, model: nn.Module, groups: list[GroupStructure], cfg: PruneConfig,
-                 teacher_gates: list[GroupGates]) -> None:
+    def __init__(self, model: nn.Module, groups: Sequence[GroupStructure | BlockStructure],
+                 cfg: PruneConfig, teacher_gates: Sequence[GroupGates | BlockGate],
+                 norm_of: Sequence[int]) -> None:
         self.model = model
-        self.gates = [GroupGates(model, g) for g in groups]
+        self.gates = [gates_of(model, g) for g in groups]
+        self.norm_of = list(norm_of)
         self.ref = [[p.detach() for p in tg.params] for tg in teacher_gates]
         self.ref_rows = [tg.matrix() for tg in teacher_gates]
         self.rms_scale = [gg.row_sizes().sqrt() for gg in self.gates]  # threshold per row
@@ -220,8 +226,10 @@ class _Student:
 
     def normalised_sensitivity(self) -> list[np.ndarray]:
         """Per-group normalisation (mean 1 in each group), so layers of different gradient
-        scale compare (Molchanov et al. normalise per layer)."""
-        return [s / max(float(s.mean()), 1e-30) for s in self.sens]
+        scale compare (Molchanov et al. normalise per layer). A block's score is divided by
+        the mean of the channel group its gate BatchNorm belongs to: removing the block then
+        costs as much as removing that many of the group's average channels."""
+        return [s / max(float(self.sens[j].mean()), 1e-30) for s, j in zip(self.sens, self.norm_of, strict=True)]
 
     def set_sparse(self, sparse: list[np.ndarray], *, regrow: bool) -> tuple[int, int]:
         """Make ``sparse`` the new E_t. A channel that leaves E_t stops being shrunk; one
@@ -307,25 +315,40 @@ class Pruner:
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher
-        self.groups = group_structure(teacher, self.example)
-        if not self.groups:
+        self.channel_groups = group_structure(teacher, self.example)
+        if not self.channel_groups:
             raise PruningStructureError("the model has no prunable channel group (no conv/linear whose "
                                         "output channels feed another layer)")
-        self.widthmap = WidthMap(teacher, self.groups)
+        self.min_width = cfg.min_width or self.round_to
+        self.blocks: list[BlockStructure] = []
+        self.groups: list[GroupStructure | BlockStructure] = list(self.channel_groups)
+        self.widthmap = WidthMap(teacher, self.channel_groups)
         self.full = {g.name: g.width for g in self.groups}
         self.baseline = self._cost_of(self.full)
-        self.min_width = cfg.min_width or self.round_to
-        smallest = self._cost_of(width_floor(self.full, round_to=self.round_to, min_width=self.min_width))
+        channel_floor = self._cost_of(self._floor())
+        use_blocks = cfg.remove_blocks if cfg.remove_blocks is not None else self.budget < channel_floor
+        if use_blocks:
+            self.blocks = residual_blocks(teacher, self.example)
+            self.groups += self.blocks
+            self.widthmap = WidthMap(teacher, self.channel_groups, self.blocks)
+            self.full = {g.name: g.width for g in self.groups}
+        smallest = self._cost_of(self._floor())
         self.floor_cost = smallest
         unit = self.cost.unit
         if self.budget < smallest:
+            blocks = (f", its {len(self.blocks)} removable residual blocks removed" if self.blocks
+                      else ", the model has no removable residual block" if use_blocks else "")
+            offer = ""
+            if not use_blocks and residual_blocks(teacher, self.example):
+                offer = (", or let the pruner remove whole residual blocks (remove_blocks=True; CLI: "
+                         "--remove-blocks)")
             raise ConfigError(
                 f"budget {self.budget:.4g} {unit} is below the smallest reachable {smallest:.4g} {unit} "
                 f"({smallest / self.baseline:.3f}x of the baseline's {self.baseline:.4g} {unit}, every "
-                f"group at {max(self.min_width, self.round_to)} channels: round_to {self.round_to}, "
+                f"group at {max(self.min_width, self.round_to)} channels{blocks}; round_to {self.round_to}, "
                 f"min_width {self.min_width}); raise the budget to at least {smallest:.4g}, or lower "
                 "round_to and min_width (CLI: --round-to N --min-width N), at the price of widths the "
-                "runtime may run no faster")
+                f"runtime may run no faster{offer}")
 
         points = (list(cfg.feature_points) if cfg.feature_points is not None
                   else stage_outputs(teacher, self.example))
@@ -334,12 +357,13 @@ class Pruner:
         self.t_feat = _Features(teacher, points) if self.use_feat else None
         self.students: list[_Student] = []
         self.s_feats: list[_Features | None] = []
-        teacher_gates = [GroupGates(teacher, g) for g in self.groups]
+        teacher_gates = [gates_of(teacher, g) for g in self.groups]
+        norm_of = [self._normaliser(i) for i in range(len(self.groups))]
         for _ in range(cfg.students):
             m = copy.deepcopy(self.model).to(device).train()
             for p in m.parameters():
                 p.requires_grad_(True)
-            self.students.append(_Student(m, self.groups, cfg, teacher_gates))
+            self.students.append(_Student(m, self.groups, cfg, teacher_gates, norm_of))
             self.s_feats.append(_Features(m, points) if self.use_feat else None)
         self.view_gen = [torch.Generator().manual_seed(cfg.seed * 1000 + k) for k in range(cfg.students)]
 
@@ -384,6 +408,23 @@ class Pruner:
 
     def _cost_of(self, group_widths: dict[str, int]) -> float:
         return self.cost(self.widthmap(group_widths))
+
+    def _floor(self) -> dict[str, int]:
+        """The narrowest model: every channel group at its floor, every block removed."""
+        floor = width_floor({g.name: g.width for g in self.channel_groups}, round_to=self.round_to,
+                            min_width=self.min_width)
+        return {**floor, **{b.name: 0 for b in self.blocks}}
+
+    def _normaliser(self, i: int) -> int:
+        """Index of the group whose mean score normalises group i's: itself for a channel
+        group; for a block, the channel group holding its gate BatchNorm (if none does, which
+        the graph does not produce for a ResNet or MobileNetV2 block, the block itself)."""
+        g = self.groups[i]
+        if isinstance(g, BlockStructure):
+            for j, h in enumerate(self.channel_groups):
+                if any(path == g.gate for path, _, _ in h.bns):
+                    return j
+        return i
 
     def _lr(self, step: int) -> float:
         return self.phase.lr_at(step)
@@ -475,7 +516,8 @@ class Pruner:
                 s = select_channels(dict(zip([g.name for g in groups], st.normalised_sensitivity(),
                                              strict=True)), self._cost_of, b,
                                     round_to=self.round_to, min_width=self.min_width,
-                                    latency_weighting=cfg.latency_weighting)
+                                    latency_weighting=cfg.latency_weighting,
+                                    blocks=[bl.name for bl in self.blocks])
                 left.append(st.set_sparse([np.setdiff1d(np.arange(g.width), s.keep[g.name]) for g in groups],
                                           regrow=cfg.dynamic_set))
                 sel.append(s.predicted_cost)
@@ -486,9 +528,10 @@ class Pruner:
             lams.append(st.lambda_s)
         self.selected_once = self.selected_once or bool(sel)
         ph.selected = ph.selected or bool(sel)
-        total_ch = sum(g.width for g in groups)
+        n_ch = len(self.channel_groups)
+        total_ch = sum(g.width for g in self.channel_groups)
         self.last["predicted"] = preds[0]
-        self.last["sparsity"] = sum(self.students[0].zero_counts()) / total_ch
+        self.last["sparsity"] = sum(self.students[0].zero_counts()[:n_ch]) / total_ch
         record.update({"predicted": preds, "selected": sel, "lambda_s": lams,
                        "sparsity": self.last["sparsity"],
                        "left_sparse_set": [n for n, _ in left], "regrown": [r for _, r in left]})
@@ -538,24 +581,32 @@ class Pruner:
         cpu_example = self.example.cpu()
         # remove exactly E (all zero now); other channels that happen to be zero stay, so widths
         # keep the runtime-friendly multiples of round_to the selection priced
-        zero = {g.name: e.tolist() for g, e in zip(groups, students[best].sparse, strict=True) if len(e)}
+        n_ch = len(self.channel_groups)
+        sparse = students[best].sparse
+        zero = {g.name: e.tolist() for g, e in zip(groups[:n_ch], sparse[:n_ch], strict=True) if len(e)}
+        removed = [b.name for b, e in zip(self.blocks, sparse[n_ch:], strict=True) if len(e)]
+        # channels first (the groups were traced on the full model), then blocks (now identities)
         pruned = (remove_channels(masked, cpu_example, zero).eval() if zero
                   else copy.deepcopy(masked).eval())
+        if removed:
+            pruned = remove_blocks(pruned, removed).eval()
         with torch.no_grad():
             diffs = [float((masked(h) - pruned(h)).abs().max()) for h in self.heldout]
         diff = max(diffs)
         if diff > LOSSLESS_TOL:
             raise PruningStructureError(
-                f"removing the zero channels changed the logits by {diff:.3g} (> {LOSSLESS_TOL}); a "
-                f"module in groups {sorted(zero)} does not map a zero channel to zero (e.g. a bias "
-                "after the gate or a non-ReLU activation); exclude it or report the model")
+                f"removing the zero channels{' and blocks ' + str(removed) if removed else ''} changed "
+                f"the logits by {diff:.3g} (> {LOSSLESS_TOL}); a module in groups {sorted(zero)} does "
+                "not map a zero channel to zero (e.g. a bias after the gate or a non-ReLU activation); "
+                "exclude it or report the model")
         for p in pruned.parameters():
             p.requires_grad_(False)
         predicted = self.cost.of_model(pruned)
         if predicted > self.budget * (1 + 1e-6):
             raise EdgepruneError(f"internal error: pruned model predicts {predicted:.4g} {self.cost.unit} "
                                  f"over budget {self.budget:.4g}; please report it")
-        after = {g.name: g.width - len(zero.get(g.name, [])) for g in groups}
+        after = {g.name: g.width - len(zero.get(g.name, [])) for g in self.channel_groups}
+        layers_after = self.widthmap({**after, **{b: 0 for b in removed}})
         notes = []
         if not self.use_feat and cfg.feature_loss:
             notes.append("feature loss off: no feature point with spatial size > 1x1")
@@ -563,8 +614,9 @@ class Pruner:
             model=pruned, target=self.target, cost_unit=self.cost.unit, cost_source=self.cost.source,
             baseline_cost=self.baseline, predicted_cost=predicted, budget=self.requested_budget,
             internal_budget=self.budget,
-            group_widths_before=self.full, group_widths_after=after,
-            widths_before=self.widthmap({}), widths_after=self.widthmap(after),
+            group_widths_before={g.name: g.width for g in self.channel_groups}, group_widths_after=after,
+            widths_before=self.widthmap({}), widths_after=layers_after,
+            removable_blocks=tuple(b.name for b in self.blocks), removed_blocks=tuple(removed),
             macs_before=_macs(teacher, self.example), macs_after=_macs(pruned, cpu_example),
             params_before=sum(p.numel() for p in teacher.parameters()),
             params_after=sum(p.numel() for p in pruned.parameters()),

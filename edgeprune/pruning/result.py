@@ -48,6 +48,10 @@ class PruneResult:
     # closed-loop rounds on the target: step, internal_budget, predicted, measured_ms,
     # budget_ms (measured budget), measured_over_budget; empty when not verified
     verify: tuple[dict[str, Any], ...] = field(default=())
+    # residual blocks the pruner could remove (empty when block removal was off) / removed:
+    # each is an nn.Identity in the pruned model
+    removable_blocks: tuple[str, ...] = field(default=())
+    removed_blocks: tuple[str, ...] = field(default=())
 
     @property
     def measured_ms(self) -> float | None:
@@ -84,6 +88,8 @@ class PruneResult:
             "removal_max_abs_diff": self.removal_max_abs_diff,
             "max_hard_zeroed_norm": self.max_hard_zeroed_norm,
             "left_sparse_set": self.left_sparse_set, "regrown": self.regrown,
+            "removable_blocks": list(self.removable_blocks),
+            "removed_blocks": list(self.removed_blocks),
             "steps": self.steps, "seconds": self.seconds,
             "config": self.config.to_dict(), "notes": list(self.notes),
             "history": list(self.history),
@@ -101,6 +107,7 @@ class PruneResult:
             f"{self.max_hard_zeroed_norm:.2e}, {self.steps} steps in {self.seconds:.0f} s; "
             f"{self.left_sparse_set} channel(s) left the sparse set ({self.regrown} restored from zero)",
             *self._verify_lines(),
+            *self._block_lines(),
             *self.notes,
             "",
             f"{'group (root layer)':32} {'before':>6} {'after':>6}",
@@ -108,6 +115,12 @@ class PruneResult:
         for g, w in self.group_widths_before.items():
             lines.append(f"{g:32} {w:6d} {self.group_widths_after[g]:6d}")
         return "\n".join(lines)
+
+    def _block_lines(self) -> list[str]:
+        if not self.removable_blocks:
+            return []
+        return [f"residual blocks removed: {len(self.removed_blocks)} of {len(self.removable_blocks)}"
+                + (f" ({', '.join(self.removed_blocks)})" if self.removed_blocks else "")]
 
     def _verify_lines(self) -> list[str]:
         if not self.verify:
@@ -138,6 +151,8 @@ class PruneResult:
                   "| group (root layer) | width before | width after |", "|---|---:|---:|"]
         lines += [f"| {g} | {w} | {self.group_widths_after[g]} |"
                   for g, w in self.group_widths_before.items()]
+        if self.removable_blocks:
+            lines += ["", *self._block_lines()]
         if self.verify:
             lines += ["", "Measured on the target (closed loop: while over the budget, the internal "
                       "budget is lowered by the measured excess and pruning continues):", "",

@@ -7,11 +7,13 @@ least sensitive end of a group; a block's cost is the predicted latency differen
 group's *current* width, so step-shaped latency curves are priced as they are. Where the
 next block saves nothing (a flat stretch of the table), the group is priced as the blocks up
 to the first that does, taken together: a block that saves nothing alone is no longer a wall.
+A removable residual block is a group of one unit whose floor is 0: taking it removes the
+block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,22 +37,30 @@ class Selection:
 
 def select_channels(sensitivity: Mapping[str, np.ndarray],
                     latency_ms: Callable[[Mapping[str, int]], float], budget_ms: float, *,
-                    round_to: int, min_width: int, latency_weighting: bool = True) -> Selection:
+                    round_to: int, min_width: int, latency_weighting: bool = True,
+                    blocks: Collection[str] = ()) -> Selection:
     """Keep-set maximising total sensitivity subject to ``latency_ms(widths) <= budget_ms``.
 
     ``sensitivity[g]``: one non-negative score per channel of group ``g``.
     ``latency_ms(widths)``: predicted latency with group widths ``{g: width}``.
     ``latency_weighting=False`` ranks blocks by sensitivity alone (plain Taylor pruning).
+    ``blocks``: groups that are one removable residual block each (one score; width 1 or 0).
     """
     if round_to < 1 or min_width < 1:
         raise ConfigError(f"round_to={round_to} and min_width={min_width} must be >= 1")
     order = {g: np.argsort(np.asarray(s, dtype=np.float64), kind="stable") for g, s in sensitivity.items()}
     widths = {g: len(s) for g, s in sensitivity.items()}
     floor = width_floor(widths, round_to=round_to, min_width=min_width)
+    for b in blocks:
+        if widths.get(b) != 1:
+            raise ConfigError(f"block {b!r} must be a group of one unit in the sensitivities")
+        floor[b] = 0
     total = {g: len(s) for g, s in sensitivity.items()}
 
     def next_width(g: str, n: int) -> int:
         """The next multiple of round_to below n, not under the group's floor."""
+        if g in blocks:
+            return 0
         return max(floor[g], round_to * ((n - 1) // round_to))
 
     current = latency_ms(widths)

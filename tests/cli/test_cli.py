@@ -360,3 +360,22 @@ def test_third_party_noise_is_hidden_unless_verbose(verbose):
              if any(k in ln for k in ("Warning", "WARNING", "INFO:", "I0000", "W1201", "Failed to load"))]
     assert bool(noise) == verbose, noise[:5]
     assert "resnet20 on host-litert: litert" in r.stdout
+
+
+def test_prune_removes_residual_blocks_only_when_allowed(capsys, tmp_path, ckpt):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8))
+    (tmp_path / "cfg.json").write_text(json.dumps({"update_interval": 4}))
+    argv = ["prune", ckpt, "--data", str(tmp_path / "x.npy"), "--target", "macs", "--steps", "20",
+            "--batch-size", "16", "--out", str(tmp_path / "o"), "--budget", "0.3x", "--round-to", "16",
+            "--config", str(tmp_path / "cfg.json")]
+    code, _, err = run(capsys, *argv, "--no-remove-blocks")
+    assert_one_line_error(code, err, "below the smallest reachable", "--remove-blocks")
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    code, out, err = run(capsys, *argv, "--remove-blocks")
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "prune_report.json").read_text())
+    assert report["config"]["remove_blocks"] is True and report["removed_blocks"]
+    assert "residual blocks removed" in out
+    pruned = edgeprune.load(tmp_path / "o" / "model.safetensors")
+    names = dict(pruned.named_modules())
+    assert all(type(names[b]).__name__ == "Identity" for b in report["removed_blocks"])

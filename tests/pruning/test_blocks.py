@@ -1,0 +1,81 @@
+"""Block removal: below the channel floor the pruner removes whole residual blocks, losslessly,
+and the result is priced, saved and loaded as the network without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import edgeprune
+from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.graph.blocks import remove_blocks
+from edgeprune.profiling.latency import LatencyProfile
+from edgeprune.pruning.cost import LatencyCost
+from tests.nets import FAST, random_batches, randomize_bn
+from tests.pruning.test_pruner import macs_of
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = FAST.replace(round_to=16)
+
+
+def _resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(edgeprune.models.create("resnet20"))
+
+
+def test_below_the_channel_floor_blocks_are_removed_losslessly(tmp_path):
+    model = _resnet20()
+    with pytest.raises(ConfigError, match=r"below the smallest reachable .* every group at 16 channels; .*remove_blocks=True"):
+        edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.3,
+                        config=CFG.replace(remove_blocks=False))
+    res = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.3, config=CFG)
+    assert len(res.removable_blocks) == 7 and res.removed_blocks
+    assert set(res.removed_blocks) <= set(res.removable_blocks)
+    modules = dict(res.model.named_modules())
+    assert all(isinstance(modules[b], nn.Identity) for b in res.removed_blocks)
+    assert res.predicted_cost <= res.budget
+    assert macs_of(res.model, 16) == pytest.approx(res.predicted_cost)  # torch counts it too
+    assert res.removal_max_abs_diff <= 1e-4
+    gone = {f"{b}.conv1" for b in res.removed_blocks}
+    assert all(res.widths_after[p] == (0, 0) for p in gone)
+    assert f"residual blocks removed: {len(res.removed_blocks)} of 7" in str(res)
+    d = res.to_dict()
+    assert d["removed_blocks"] == list(res.removed_blocks)
+    # the checkpoint rebuilds the network without the removed blocks
+    path = edgeprune.save(res.model, tmp_path / "pruned.safetensors")
+    loaded = edgeprune.load(path)
+    x = random_batches(n=1, seed=3)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), res.model.eval()(x))
+    assert all(isinstance(dict(loaded.named_modules())[b], nn.Identity) for b in res.removed_blocks)
+
+
+def test_above_the_channel_floor_blocks_stay_unless_asked():
+    model = _resnet20()
+    res = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6, config=CFG)
+    assert res.removable_blocks == () and res.removed_blocks == ()
+    on = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6,
+                         config=CFG.replace(remove_blocks=True))
+    assert len(on.removable_blocks) == 7 and on.predicted_cost <= on.budget
+    assert on.removal_max_abs_diff <= 1e-4
+
+
+def test_a_latency_profile_prices_a_model_without_some_blocks():
+    profile = LatencyProfile.load(ROOT / "profiles" / "host-litert" / "resnet20.json")
+    model = _resnet20().eval()
+    removed = remove_blocks(model, ["layer1.1", "layer3.2"])
+    blocks = profile.breakdown(model)
+    expected = profile.predict_ms(model) - sum(v for k, v in blocks.items()
+                                               if k.startswith(("layer1.1.", "layer3.2.")))
+    assert profile.predict_ms(removed) == pytest.approx(expected)
+    cost = LatencyCost(profile, model)
+    widths = {p: (0, 0) for p in ("layer1.1.conv1", "layer1.1.conv2", "layer3.2.conv1", "layer3.2.conv2")}
+    assert cost(widths) == pytest.approx(expected)
+    # a layer missing for any other reason is still another architecture
+    other = _resnet20().eval()
+    other.layer1[1].conv2 = nn.Identity()
+    with pytest.raises(ProfileError, match="profiled layers missing"):
+        profile.predict_ms(other)
