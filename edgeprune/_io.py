@@ -29,9 +29,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux's
+    /proc/self/status): setting it to read it would, for that instant, give files created by
+    other threads the wrong mode. Elsewhere it is read once, at import, before any thread of
+    edgeprune's runs."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask_by_setting() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _read_umask_by_setting()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import statistics
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -172,10 +171,11 @@ def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, 
 
     import torch
 
-    from edgeprune.profiling.measurement import convert_for, time_artifacts
+    from edgeprune.profiling.measurement import convert_for, time_rounds
+    from edgeprune.targets import ARTIFACT_SUFFIX
 
     example = torch.zeros(1, *shape)
-    suffix = ".tflite" if t.runtime == "litert" else ".onnx"
+    suffix = ARTIFACT_SUFFIX[t.runtime]
     base = (convert_for(model, t, Path(work) / f"baseline{suffix}", example)
             if budget_ratio is not None else None)
     calls = [0]
@@ -184,8 +184,7 @@ def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, 
         calls[0] += 1
         art = convert_for(pruned, t, Path(work) / f"pruned-{calls[0]}{suffix}", example)
         arts = [art] if base is None else [base, art]
-        rounds = [[st.median_ms for st in time_artifacts(arts, t, seed=k)] for k in range(VERIFY_TIMING_ROUNDS)]
-        ms = [statistics.median(r[i] for r in rounds) for i in range(len(arts))]
+        ms, _ = time_rounds(arts, t, VERIFY_TIMING_ROUNDS)
         if base is None:
             return ms[0], float(budget_ms)  # type: ignore[arg-type]
         return ms[1], budget_ratio * ms[0]  # type: ignore[operator]
@@ -197,11 +196,14 @@ def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, 
 class BudgetRange:
     """The costs a pruning of a model can reach on a target, in ``unit`` ("ms" predicted, or
     "MMACs"): from ``baseline`` (unpruned) down to ``floor`` (every channel group at its
-    narrowest width, ``max(min_width, round_to)``)."""
+    narrowest width, ``max(min_width, round_to)``, and, unless the config forbids it, every
+    removable residual block removed). ``channel_floor``: the floor of channel pruning alone
+    (below it, ``remove_blocks=None`` turns block removal on)."""
 
     baseline: float
     floor: float
     unit: str
+    channel_floor: float | None = None
 
     @property
     def floor_ratio(self) -> float:
@@ -218,6 +220,7 @@ def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | Non
     import torch
 
     from edgeprune.graph import WidthMap, group_structure
+    from edgeprune.graph.blocks import residual_blocks
     from edgeprune.pruning.config import PruneConfig
     from edgeprune.pruning.select import width_floor
     from edgeprune.targets import load_target
@@ -228,12 +231,15 @@ def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | Non
         input_shape = profile.input_shape  # type: ignore[union-attr]
     shape = input_shape_of(model, data=data, input_shape=input_shape)
     cost = _cost(model, t, profile, shape, None)
-    groups = group_structure(model, torch.zeros(1, *shape))
-    widthmap = WidthMap(model, groups)
+    example = torch.zeros(1, *shape)
+    groups = group_structure(model, example)
+    blocks = residual_blocks(model, example) if config.remove_blocks is not False else []
+    widthmap = WidthMap(model, groups, blocks)
     round_to = config.round_to or t.round_to
     floor = width_floor({g.name: g.width for g in groups}, round_to=round_to,
                         min_width=config.min_width or round_to)
-    return BudgetRange(cost(widthmap({})), cost(widthmap(floor)), cost.unit)
+    return BudgetRange(cost(widthmap({})), cost(widthmap({**floor, **{b.name: 0 for b in blocks}})),
+                       cost.unit, cost(widthmap(floor)))
 
 
 def export(model: nn.Module, out_dir: str | os.PathLike, *, data: Iterable | None = None,

@@ -44,7 +44,6 @@ else:  # pragma: no cover - Python 3.10
 
 MODES = ("measure", "predict")
 _KEYS = {"artifact", "target", "max_ms", "mode", "profile", "name"}
-_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,9 @@ from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.groups import output_layers
-from edgeprune.graph.layers import layer_units
+from edgeprune.graph.layers import model_macs
 from edgeprune.profiling import LatencyProfile
-from edgeprune.profiling.measurement import convert_for, time_artifacts
+from edgeprune.profiling.measurement import convert_for, time_artifacts, time_rounds
 from edgeprune.pruning import PruneConfig
 from edgeprune.targets import load_target
 from edgeprune.train import TrainConfig, evaluate, train
@@ -158,8 +158,7 @@ class _Ctx:
         return evaluate(model, self.val if split == "val" else self.test, input_spec=self.spec.input).top1
 
     def sizes(self, model) -> dict:
-        macs = sum(u.macs() for u in layer_units(model, tuple(self.spec.input.shape)))
-        return {"macs": int(macs), "params": int(sum(p.numel() for p in model.parameters()))}
+        return {"macs": model_macs(model, tuple(self.spec.input.shape)), "params": int(sum(p.numel() for p in model.parameters()))}
 
 
 def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
@@ -371,13 +370,11 @@ def _time_together(cx: _Ctx, pending: list) -> list[dict]:
     rows' measured latency (median of rounds), ratio to the baseline, sizes and test top-1."""
     live = [(row, m, art) for row, m, art in pending if art is not None]
     arts = [cx.base_art, *[art for _, _, art in live]]
-    per_round = []
-    for k in range(cx.a.rounds):
-        per_round.append([st.median_ms for st in time_artifacts(arts, cx.t, seed=k)])
+    medians, per_round = time_rounds(arts, cx.t, cx.a.rounds)
     cx.base_rounds = [rnd[0] for rnd in per_round]
-    base_ms = statistics.median(cx.base_rounds)
+    base_ms = medians[0]
     for i, (row, m, _) in enumerate(live, start=1):
-        ms = statistics.median(rnd[i] for rnd in per_round)
+        ms = medians[i]
         row.update({"budget_ms": row["budget_ratio"] * base_ms, "baseline_ms": base_ms,
                     "measured_ms": ms, "measured_ratio": ms / base_ms,
                     "round_ms": [rnd[i] for rnd in per_round], "top1": cx.top1(m, "test"),

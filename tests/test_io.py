@@ -21,6 +21,22 @@ def test_a_new_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path):
     assert _mode(p) == 0o644 and p.read_text() == '{\n  "x": 1\n}\n'
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the umask from Linux's /proc")
+def test_the_umask_is_read_without_setting_it(tmp_path, monkeypatch):
+    # setting the umask to read it would briefly change the mode of files other threads create
+    old = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("os.umask called while writing")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        p = write_json(tmp_path / "c.json", {})
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert _mode(p) == 0o640
+
+
 def test_an_existing_file_keeps_its_mode(tmp_path):
     p = tmp_path / "b.json"
     p.write_text("{}")

@@ -80,7 +80,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = _out_dir(a.out)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     zoo.create(a.model)  # an unknown name fails here, before any data is read
-    src = data.open(a.data, split=None if ":" in a.data else "train", labels=True, limit=a.limit)
+    src = data.open(a.data, default_split="train", labels=True, limit=a.limit)
     val = None
     val_spec = a.val_data
     if val_spec is None and src.split == "train" and src.name in ("shapes", "digits", "cifar10"):
@@ -229,7 +229,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     model = edgeprune.load(a.checkpoint)
     spec = model.edgeprune_spec
     # a spec without a split suffix reads the train split (a folder's train/), never test images
-    src = data.open(a.data, split=None if ":" in a.data else "train", labels=False,
+    src = data.open(a.data, default_split="train", labels=False,
                     size=spec.input.hw, limit=a.limit)
     print(f"pruning data: {a.data} (split {src.split}, {len(src)} images, labels not read)")
     batches = data.Batches(src, a.batch_size, mean=spec.input.mean, std=spec.input.std,

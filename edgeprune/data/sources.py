@@ -73,12 +73,17 @@ class ImageSource:
 
 
 def open(spec: str, *, split: str | None = None, labels: bool = False,  # noqa: A001
-         size: int | tuple[int, int] = 32, limit: int | None = None) -> ImageSource:
+         size: int | tuple[int, int] = 32, limit: int | None = None,
+         default_split: str | None = None) -> ImageSource:
     """Open a data source by spec (see the package docstring). ``split`` may also be given as a
-    ``:train``/``:test`` suffix of the spec; ``limit`` keeps the first N images."""
+    ``:train``/``:test`` suffix of the spec; ``default_split`` is used when neither names one
+    (the CLI's train and prune read ``train`` unless told otherwise); ``limit`` keeps the first
+    N images."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data spec {spec!r} is empty; give shapes, digits, or a path")
     name, split = _split_spec(spec.strip(), split)
+    if split is None and default_split is not None:
+        name, split = _split_spec(name, default_split)
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < 1:
         raise DataError(f"image size {size!r} is invalid; need positive height and width")

@@ -45,6 +45,12 @@ class LayerUnit:
         return ci * co * hw * self.kernel[0] * self.kernel[1]
 
 
+def model_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of every conv/linear of ``model`` on one input of ``input_shape``
+    ((C, H, W) or (N, C, H, W) with N = 1)."""
+    return int(sum(u.macs() for u in layer_units(model, input_shape)))
+
+
 def signature_of(kind: str, kernel, stride, padding, dilation, in_hw) -> str:
     if kind == "linear":
         return "linear"

@@ -25,11 +25,10 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeprune._io import atomic_path
-from edgeprune.targets import Target
+from edgeprune.targets import ARTIFACT_SUFFIX, Target
 
 # bump when layer_model() or a converter's settings change the file a point converts to
 LAYER_MODEL_VERSION = 1
-_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 
 
 def default_dir() -> Path:
@@ -66,7 +65,7 @@ class LayerCache:
 
     def path(self, signature: str, c_in: int, c_out: int, target: Target) -> Path:
         sub = f"{target.runtime}-{target.precision}"
-        return self.root / sub / (self.key(signature, c_in, c_out, target) + _SUFFIX[target.runtime])
+        return self.root / sub / (self.key(signature, c_in, c_out, target) + ARTIFACT_SUFFIX[target.runtime])
 
     def get(self, signature: str, c_in: int, c_out: int, target: Target) -> Path | None:
         p = self.path(signature, c_in, c_out, target)

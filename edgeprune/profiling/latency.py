@@ -44,9 +44,9 @@ from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.blocks import removed_under
 from edgeprune.graph.layers import LayerUnit, layer_units
-from edgeprune.profiling.measurement import _SUFFIX, check_measurable, convert_for, time_artifacts
+from edgeprune.profiling.measurement import check_measurable, convert_for, time_artifacts
 from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
-from edgeprune.targets import Target, load_target
+from edgeprune.targets import ARTIFACT_SUFFIX, Target, load_target
 from edgeprune.types import Progress
 
 SCHEMA_VERSION = 2  # 2: layer_scale replaced the per-activation-element remainder slope
@@ -482,7 +482,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             on_progress(Progress("profile", step, total, {"measuring": what}))
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as d:
-        suffix = _SUFFIX[t.runtime]
+        suffix = ARTIFACT_SUFFIX[t.runtime]
         # the runtime's per-invoke overhead: a model of one tiny op (a 1x1 conv on a 2x2 map)
         probe = Path(d) / f"overhead{suffix}"
         c0 = time.perf_counter()
@@ -581,7 +581,7 @@ def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target,
     started as ``python -m edgeprune.profiling._convert_worker`` (not a multiprocessing pool,
     which would re-import the caller's ``__main__``); their output is captured and shown
     only when one fails."""
-    suffix = _SUFFIX[target.runtime]
+    suffix = ARTIFACT_SUFFIX[target.runtime]
     jobs = {(sig, ci, co): (unit, ci, co, d / f"point{i}{suffix}")
             for i, (sig, unit, ci, co) in enumerate(todo)}
     if workers == 1 or len(jobs) < 4:

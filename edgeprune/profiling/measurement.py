@@ -14,10 +14,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ConfigError, ProfileError
-from edgeprune.targets import Target, load_target
+from edgeprune.targets import ARTIFACT_SUFFIX, Target, load_target
 from edgeprune.types import LatencyStats
-
-_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 
 
 def check_measurable(target: Target) -> None:
@@ -31,11 +29,11 @@ def check_measurable(target: Target) -> None:
             f"target {target.name!r} runs under emulation ({target.connection}): its latency means "
             "nothing for a device, so edgeprune does not measure it; use it to validate "
             "(edgeprune validate BUNDLE --on " + target.name + "), and measure on a device target")
-    if target.runtime not in _SUFFIX:
+    if target.runtime not in ARTIFACT_SUFFIX:
         why = (" (CoreML timing needs Apple hardware: measure in Xcode's performance report on the "
                "device; see docs/devices.md)" if target.runtime == "coreml" else "")
         raise ConfigError(f"target {target.name!r}: runtime {target.runtime!r} cannot be measured by "
-                          f"edgeprune{why}; it measures {sorted(_SUFFIX)}")
+                          f"edgeprune{why}; it measures {sorted(ARTIFACT_SUFFIX)}")
     if target.precision == "int8" and target.runtime == "litert":
         return  # an int8 .tflite as it is, or a model converted with synthetic calibration
     if target.precision != "fp32":
@@ -126,6 +124,18 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
 TIMING_CPUS_ENV = "EDGEPRUNE_TIMING_CPUS"
 
 
+def time_rounds(paths: Sequence[str | os.PathLike], target: Target, rounds: int,
+                **kw) -> tuple[list[float], list[list[float]]]:
+    """``rounds`` runs of :func:`time_artifacts` (seeds 0, 1, ...): each artifact's median
+    over the runs, and every run's values ``[run][artifact]``. One run of the protocol moved
+    by about 10% on a noisy host; a number something acts on is the median of several."""
+    import statistics
+
+    per_round = [[st.median_ms for st in time_artifacts(paths, target, seed=k, **kw)]
+                 for k in range(rounds)]
+    return [statistics.median(r[i] for r in per_round) for i in range(len(paths))], per_round
+
+
 @contextlib.contextmanager
 def _timing_cpus():
     """Pin the timing loop (the thread that times, while it times) to the CPUs in
@@ -194,8 +204,8 @@ def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Targ
         path = Path(model_or_artifact)
         if not path.is_file():
             raise ProfileError(f"artifact {str(path)!r} does not exist")
-        if path.suffix != _SUFFIX[t.runtime]:
-            raise ConfigError(f"artifact {str(path)!r} is not a {_SUFFIX[t.runtime]} file, which "
+        if path.suffix != ARTIFACT_SUFFIX[t.runtime]:
+            raise ConfigError(f"artifact {str(path)!r} is not a {ARTIFACT_SUFFIX[t.runtime]} file, which "
                               f"target {t.name!r} ({t.runtime}) runs")
         _check_precision(path, t)
     with contextlib.ExitStack() as stack:
@@ -209,7 +219,7 @@ def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Targ
             return time_artifacts([path], t, device=device)[0]
         shape = input_shape or _spec_shape(model_or_artifact)
         d = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-measure-"))
-        path = convert_for(model_or_artifact, t, Path(d) / f"model{_SUFFIX[t.runtime]}",
+        path = convert_for(model_or_artifact, t, Path(d) / f"model{ARTIFACT_SUFFIX[t.runtime]}",
                            torch.zeros(1, *shape[-3:]))
         return time_artifacts([path], t, device=device)[0]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from edgeprune.graph.layers import LayerUnit, layer_units
+from edgeprune.graph.layers import LayerUnit, layer_units, model_macs
 
 if TYPE_CHECKING:
     from edgeprune.profiling.latency import LatencyProfile
@@ -60,4 +60,4 @@ class MacsCost(Cost):
         return sum(u.macs(*widths.get(u.path, (u.c_in, u.c_out))) for u in self.layers) / 1e6
 
     def of_model(self, model: nn.Module) -> float:
-        return sum(u.macs() for u in layer_units(model, self.input_shape)) / 1e6
+        return model_macs(model, self.input_shape) / 1e6

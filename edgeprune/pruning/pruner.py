@@ -66,6 +66,7 @@ from edgeprune.data import input_of
 from edgeprune.errors import ConfigError, DataError, EdgepruneError
 from edgeprune.graph.blocks import BlockStructure, remove_blocks, residual_blocks
 from edgeprune.graph.groups import GroupStructure, group_structure
+from edgeprune.graph.layers import model_macs
 from edgeprune.graph.surgery import PruningStructureError, remove_channels
 from edgeprune.graph.widths import WidthMap
 from edgeprune.pruning.config import PruneConfig
@@ -617,7 +618,8 @@ class Pruner:
             group_widths_before={g.name: g.width for g in self.channel_groups}, group_widths_after=after,
             widths_before=self.widthmap({}), widths_after=layers_after,
             removable_blocks=tuple(b.name for b in self.blocks), removed_blocks=tuple(removed),
-            macs_before=_macs(teacher, self.example), macs_after=_macs(pruned, cpu_example),
+            macs_before=model_macs(teacher, self.example.shape[1:]),
+            macs_after=model_macs(pruned, cpu_example.shape[1:]),
             params_before=sum(p.numel() for p in teacher.parameters()),
             params_after=sum(p.numel() for p in pruned.parameters()),
             student=best, student_kl=tuple(kls), removal_max_abs_diff=diff,
@@ -716,7 +718,10 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             if internal < pruner.floor_cost:
                 notes.append(f"measured {measured:.4g} ms over the budget {limit:.4g} ms; the internal "
                              f"budget it needs ({internal:.4g} predicted) is below the smallest "
-                             f"reachable ({pruner.floor_cost:.4g}): lower round_to/min_width")
+                             f"reachable ({pruner.floor_cost:.4g}): lower round_to/min_width"
+                             + (", or let it remove residual blocks (remove_blocks=True)"
+                                if not pruner.blocks and cfg.remove_blocks is None
+                                and residual_blocks(pruner.teacher, pruner.example) else ""))
                 break
             pruner.extend(internal, steps)
             train_until(pruner.total_steps)
@@ -768,8 +773,3 @@ def _measured(measure: Callable[[nn.Module], tuple[float, float]], model: nn.Mod
     torch.distributed.broadcast(out, 0)
     return float(out[0]), float(out[1])
 
-
-def _macs(model: nn.Module, example: torch.Tensor) -> int:
-    from edgeprune.graph.layers import layer_units
-
-    return int(sum(u.macs() for u in layer_units(model, tuple(example.shape[1:]))))

@@ -23,6 +23,8 @@ else:  # pragma: no cover - Python 3.10
 TARGETS_DIR = Path(__file__).resolve().parent
 RUNTIMES = ("litert", "onnxruntime", "coreml", "macs")
 PRECISIONS = ("fp32", "fp16", "int8")
+# the file a runtime that edgeprune times loads (its converters write these)
+ARTIFACT_SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx"}
 # local: this machine; agent://HOST:PORT: an `edgeprune agent --listen` over HTTP;
 # ssh://[USER@]HOST[:PORT]: the agent streamed to the device's python3 over ssh (stdio);
 # qemu://CPU: the emulated aarch64 runtime of `make arm64-runtime` (stdio; never timed)

@@ -104,6 +104,10 @@ def test_folder_split_subdirectory(tmp_path):
     # no split named: the whole tree would mix test images into the data, so it is refused
     with pytest.raises(DataError, match=r"split sub-folders train/, test/; name the one to read, e\.g\. .*:train"):
         data.open(str(tmp_path))
+    # a default split applies only when the spec names none
+    assert len(data.open(str(tmp_path), default_split="train")) == 2
+    assert len(data.open(f"{tmp_path}:test", default_split="train")) == 1
+    assert data.open("shapes", default_split="test", limit=4).split == "test"
 
 
 def test_empty_folder(tmp_path):

@@ -296,6 +296,23 @@ def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeyp
     assert "fastest of 3 passes" in str(a) and a.to_dict()["pass_medians_ms"] == [2.0, 1.0, 3.0]
 
 
+def test_time_rounds_takes_each_artifacts_median_over_runs(monkeypatch):
+    from edgeprune.targets import load_target
+    from edgeprune.types import LatencyStats
+
+    runs = {0: [1.0, 10.0], 1: [3.0, 30.0], 2: [2.0, 50.0]}  # per seed: artifact a, artifact b
+    seeds = []
+
+    def fake(paths, target, *, seed=0):
+        seeds.append(seed)
+        return [LatencyStats(m, m, m, 0.0, 1, 1, "fake", "0", 1) for m in runs[seed]]
+
+    monkeypatch.setattr(measure_mod, "time_artifacts", fake)
+    medians, per_round = measure_mod.time_rounds(["a", "b"], load_target("host-onnxruntime"), 3)
+    assert seeds == [0, 1, 2] and per_round == [runs[0], runs[1], runs[2]]
+    assert medians == [2.0, 30.0]
+
+
 def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
     from edgeprune import convert
     from edgeprune.profiling.latency import dense_copy

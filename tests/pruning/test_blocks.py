@@ -79,3 +79,17 @@ def test_a_latency_profile_prices_a_model_without_some_blocks():
     other.layer1[1].conv2 = nn.Identity()
     with pytest.raises(ProfileError, match="profiled layers missing"):
         profile.predict_ms(other)
+
+
+def test_budget_range_reaches_below_the_channel_floor_only_with_blocks():
+    model = _resnet20()
+    reach = edgeprune.budget_range(model, target="macs", input_shape=(3, 16, 16), config=CFG)
+    assert reach.floor < reach.channel_floor < reach.baseline
+    assert reach.channel_floor / reach.baseline == pytest.approx(0.468, abs=0.001)  # as the error says
+    off = edgeprune.budget_range(model, target="macs", input_shape=(3, 16, 16),
+                                 config=CFG.replace(remove_blocks=False))
+    assert off.floor == off.channel_floor == reach.channel_floor
+    # the pruner reaches (nearly) that floor: almost every group at 16 and the blocks gone
+    res = edgeprune.prune(model, random_batches(), target="macs", budget_ms=reach.floor * 1.02,
+                          config=CFG)
+    assert res.predicted_cost <= reach.floor * 1.02 and len(res.removed_blocks) >= 6
