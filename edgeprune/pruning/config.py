@@ -33,7 +33,8 @@ class PruneConfig:
 
     ``remove_blocks`` lets the pruner remove whole residual blocks (a block whose branch
     output is driven to zero is an identity): True always, False never, None (default) only
-    when the budget is below what channel pruning alone can reach.
+    while the budget (or a closed-loop round's internal budget) is below what channel pruning
+    alone can reach.
     """
 
     students: int = 2
@@ -66,7 +67,8 @@ class PruneConfig:
     dynamic_set: bool = True
     # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
     bn_recalibration: int = 0
-    # whole residual blocks as removable units (None: only below the channel floor)
+    # whole residual blocks as removable units (None: only while the budget is below the
+    # channel floor)
     remove_blocks: bool | None = None
     # closed loop on the measured latency
     verify: bool | None = None

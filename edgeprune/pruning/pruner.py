@@ -321,26 +321,25 @@ class Pruner:
             raise PruningStructureError("the model has no prunable channel group (no conv/linear whose "
                                         "output channels feed another layer)")
         self.min_width = cfg.min_width or self.round_to
-        self.blocks: list[BlockStructure] = []
-        self.groups: list[GroupStructure | BlockStructure] = list(self.channel_groups)
-        self.widthmap = WidthMap(teacher, self.channel_groups)
+        # blocks are tracked unless forbidden; they are candidates for removal while
+        # _blocks_eligible() (remove_blocks=None: while the budget is below the channel floor,
+        # which a closed-loop round may also bring about)
+        self.blocks: list[BlockStructure] = (residual_blocks(teacher, self.example)
+                                             if cfg.remove_blocks is not False else [])
+        self.groups: list[GroupStructure | BlockStructure] = [*self.channel_groups, *self.blocks]
+        self.widthmap = WidthMap(teacher, self.channel_groups, self.blocks)
         self.full = {g.name: g.width for g in self.groups}
         self.baseline = self._cost_of(self.full)
-        channel_floor = self._cost_of(self._floor())
-        use_blocks = cfg.remove_blocks if cfg.remove_blocks is not None else self.budget < channel_floor
-        if use_blocks:
-            self.blocks = residual_blocks(teacher, self.example)
-            self.groups += self.blocks
-            self.widthmap = WidthMap(teacher, self.channel_groups, self.blocks)
-            self.full = {g.name: g.width for g in self.groups}
+        self.channel_floor = self._cost_of(self._floor(blocks=False))
         smallest = self._cost_of(self._floor())
         self.floor_cost = smallest
         unit = self.cost.unit
         if self.budget < smallest:
             blocks = (f", its {len(self.blocks)} removable residual blocks removed" if self.blocks
-                      else ", the model has no removable residual block" if use_blocks else "")
+                      else ", the model has no removable residual block" if cfg.remove_blocks is not False
+                      else "")
             offer = ""
-            if not use_blocks and residual_blocks(teacher, self.example):
+            if cfg.remove_blocks is False and residual_blocks(teacher, self.example):
                 offer = (", or let the pruner remove whole residual blocks (remove_blocks=True; CLI: "
                          "--remove-blocks)")
             raise ConfigError(
@@ -410,11 +409,17 @@ class Pruner:
     def _cost_of(self, group_widths: dict[str, int]) -> float:
         return self.cost(self.widthmap(group_widths))
 
-    def _floor(self) -> dict[str, int]:
-        """The narrowest model: every channel group at its floor, every block removed."""
+    def _floor(self, *, blocks: bool = True) -> dict[str, int]:
+        """The narrowest model: every channel group at its floor and (``blocks``) every
+        removable block removed."""
         floor = width_floor({g.name: g.width for g in self.channel_groups}, round_to=self.round_to,
                             min_width=self.min_width)
-        return {**floor, **{b.name: 0 for b in self.blocks}}
+        return {**floor, **{b.name: 0 for b in self.blocks}} if blocks else floor
+
+    def _blocks_eligible(self) -> bool:
+        """Whether selection may remove blocks now: ``remove_blocks=True``, or None and the
+        (internal) budget is below what channel pruning alone reaches."""
+        return bool(self.blocks) and (self.cfg.remove_blocks is True or self.budget < self.channel_floor)
 
     def _normaliser(self, i: int) -> int:
         """Index of the group whose mean score normalises group i's: itself for a channel
@@ -514,13 +519,14 @@ class Pruner:
                     st.lambda_s = max(st.lambda_s, 2 * worst / rest)
             if step < ph.select_stop and (cfg.dynamic_set or not ph.selected):
                 b = target_next if cfg.dynamic_set else ph.b_end
-                s = select_channels(dict(zip([g.name for g in groups], st.normalised_sensitivity(),
-                                             strict=True)), self._cost_of, b,
-                                    round_to=self.round_to, min_width=self.min_width,
+                units = len(groups) if self._blocks_eligible() else len(self.channel_groups)
+                s = select_channels(dict(zip([g.name for g in groups[:units]],
+                                             st.normalised_sensitivity()[:units], strict=True)),
+                                    self._cost_of, b, round_to=self.round_to, min_width=self.min_width,
                                     latency_weighting=cfg.latency_weighting,
-                                    blocks=[bl.name for bl in self.blocks])
-                left.append(st.set_sparse([np.setdiff1d(np.arange(g.width), s.keep[g.name]) for g in groups],
-                                          regrow=cfg.dynamic_set))
+                                    blocks=[bl.name for bl in groups[len(self.channel_groups):units]])
+                left.append(st.set_sparse([np.setdiff1d(np.arange(g.width), s.keep.get(g.name, np.arange(g.width)))
+                                           for g in groups], regrow=cfg.dynamic_set))
                 sel.append(s.predicted_cost)
                 if st.lambda_s == 0.0:
                     # a gate of median per-parameter size needs shrink_intervals intervals to zero
@@ -617,7 +623,8 @@ class Pruner:
             internal_budget=self.budget,
             group_widths_before={g.name: g.width for g in self.channel_groups}, group_widths_after=after,
             widths_before=self.widthmap({}), widths_after=layers_after,
-            removable_blocks=tuple(b.name for b in self.blocks), removed_blocks=tuple(removed),
+            removable_blocks=tuple(b.name for b in self.blocks) if self._blocks_eligible() else (),
+            removed_blocks=tuple(removed),
             macs_before=model_macs(teacher, self.example.shape[1:]),
             macs_after=model_macs(pruned, cpu_example.shape[1:]),
             params_before=sum(p.numel() for p in teacher.parameters()),
@@ -720,7 +727,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                              f"budget it needs ({internal:.4g} predicted) is below the smallest "
                              f"reachable ({pruner.floor_cost:.4g}): lower round_to/min_width"
                              + (", or let it remove residual blocks (remove_blocks=True)"
-                                if not pruner.blocks and cfg.remove_blocks is None
+                                if cfg.remove_blocks is False
                                 and residual_blocks(pruner.teacher, pruner.example) else ""))
                 break
             pruner.extend(internal, steps)

@@ -93,3 +93,23 @@ def test_budget_range_reaches_below_the_channel_floor_only_with_blocks():
     res = edgeprune.prune(model, random_batches(), target="macs", budget_ms=reach.floor * 1.02,
                           config=CFG)
     assert res.predicted_cost <= reach.floor * 1.02 and len(res.removed_blocks) >= 6
+
+
+def test_a_closed_loop_round_below_the_channel_floor_removes_blocks():
+    """Pruned above the channel floor, blocks stay; a crafted measurement 40% over the budget
+    asks for an internal budget below that floor, so the next round may remove blocks."""
+    from edgeprune.pruning.cost import MacsCost
+    from edgeprune.pruning.pruner import run
+
+    model = _resnet20()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.55 * cost.of_model(model)  # the channel floor is 0.468x
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=16,
+              config=CFG.replace(verify_rounds=1), measure=lambda m: (1.4 * cost.of_model(m), budget))
+    first, second = res.verify
+    assert first["measured_ms"] > budget and first["internal_budget"] == pytest.approx(budget)
+    assert second["internal_budget"] < 0.468 * cost.of_model(model)
+    assert len(res.removable_blocks) == 7 and res.removed_blocks
+    assert res.removal_max_abs_diff <= 1e-4 and res.predicted_cost <= second["internal_budget"]
+    kept = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.55, config=CFG)
+    assert kept.removable_blocks == () and kept.removed_blocks == ()
