@@ -9,8 +9,9 @@ for bit), the module is a block: a ResNet basic block (ReLU after the add; its i
 from a ReLU, so ``relu(x + 0) = x``) or a MobileNetV2 inverted residual (no activation after
 the add). A block with a projection shortcut changes the shape and is never one.
 
-Removing a block replaces the module by ``nn.Identity`` (:func:`remove_blocks`); the pruner
-checks on held-out data that this did not change the logits.
+Removing a block replaces the module by a :class:`RemovedBlock` (an ``nn.Identity``;
+:func:`remove_blocks`); the pruner checks on held-out data that this did not change the
+logits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ConfigError
+from edgeprune.models.removed import RemovedBlock
 
 
 @dataclass(frozen=True)
@@ -81,21 +83,21 @@ def residual_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block
 
 
 def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
-    """A copy of ``model`` with the modules ``names`` replaced by ``nn.Identity`` (lossless
-    for blocks whose gate is zero)."""
+    """A copy of ``model`` with the modules ``names`` replaced by :class:`RemovedBlock`, an
+    identity (lossless for blocks whose gate is zero)."""
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or not name:
             raise ConfigError(f"no module {name!r} to remove; blocks are named by module path")
         parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, nn.Identity())
+        setattr(modules[parent] if parent else model, child, RemovedBlock())
     return model
 
 
 def removed_under(model: nn.Module, path: str) -> bool:
-    """True when ``path`` (a layer of the full architecture) lies inside a module of
-    ``model`` that is an ``nn.Identity``: a block removed by pruning."""
+    """True when ``path`` (a layer of the full architecture) lies inside a block of ``model``
+    that pruning removed (a :class:`RemovedBlock`)."""
     modules = dict(model.named_modules())
     parts = path.split(".")
-    return any(isinstance(modules.get(".".join(parts[:i])), nn.Identity) for i in range(1, len(parts)))
+    return any(isinstance(modules.get(".".join(parts[:i])), RemovedBlock) for i in range(1, len(parts)))

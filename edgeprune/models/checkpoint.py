@@ -11,10 +11,9 @@ One ``.safetensors`` file. The tensors are the model's ``state_dict``; the safet
                "class_names": [...]},
      "edgeprune_version": "0.1.0", "metadata": {...}}
 
-``layers`` records every conv / batch-norm / linear's channel widths, and every
-``nn.Identity`` (``{"kind": "identity"}``: a residual block that pruning removed is one), so a
-pruned model is rebuilt by creating the architecture at full width, replacing the removed
-blocks and resizing those modules. Loading never
+``layers`` records every conv / batch-norm / linear's channel widths, and every residual
+block that pruning removed (``{"kind": "removed"}``), so a pruned model is rebuilt by creating
+the architecture at full width, replacing the removed blocks and resizing those modules. Loading never
 unpickles: a ``module:factory`` architecture is imported by name like any installed code.
 """
 
@@ -32,6 +31,7 @@ from torch import nn
 from edgeprune._io import atomic_path
 from edgeprune.errors import CheckpointError, ConfigError, EdgepruneError
 from edgeprune.models.registry import ARCH_ATTR, create, names
+from edgeprune.models.removed import RemovedBlock
 from edgeprune.types import InputSpec
 
 FORMAT = "edgeprune-checkpoint"
@@ -100,12 +100,12 @@ def spec_of(model: nn.Module) -> ModelSpec | None:
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int | str]]:
-    """Channel widths of every conv, batch-norm and linear layer, and every identity (a
-    removed block), keyed by module path."""
+    """Channel widths of every conv, batch-norm and linear layer, and every residual block
+    removed by pruning, keyed by module path."""
     out: dict[str, dict[str, int | str]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Identity) and name:
-            out[name] = {"kind": "identity"}
+        if isinstance(m, RemovedBlock) and name:
+            out[name] = {"kind": "removed"}
         elif isinstance(m, nn.Conv2d):
             out[name] = {"kind": "conv2d", "in_channels": m.in_channels,
                          "out_channels": m.out_channels, "groups": m.groups}
@@ -247,17 +247,16 @@ def load(path: str | os.PathLike) -> nn.Module:
 
 def _resize_layers(model: nn.Module, layers: dict[str, dict], path: Path) -> None:
     modules = dict(model.named_modules())
-    removed = [n for n, rec in layers.items() if rec.get("kind") == "identity"]
+    removed = [n for n, rec in layers.items() if rec.get("kind") == "removed"]
     for name in removed:  # blocks removed by pruning first: their layers are not recorded
-        if name not in modules:
+        if name not in modules or not name:
             raise CheckpointError(f"checkpoint {str(path)!r} names layer {name!r}, which the "
                                   "architecture does not have")
-        if not isinstance(modules[name], nn.Identity):
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, child, nn.Identity())
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, RemovedBlock())
     modules = dict(model.named_modules())
     for name, rec in layers.items():
-        if rec.get("kind") == "identity":
+        if rec.get("kind") == "removed":
             continue
         old = modules.get(name)
         if old is None:

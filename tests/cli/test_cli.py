@@ -378,4 +378,4 @@ def test_prune_removes_residual_blocks_only_when_allowed(capsys, tmp_path, ckpt)
     assert "residual blocks removed" in out
     pruned = edgeprune.load(tmp_path / "o" / "model.safetensors")
     names = dict(pruned.named_modules())
-    assert all(type(names[b]).__name__ == "Identity" for b in report["removed_blocks"])
+    assert all(type(names[b]).__name__ == "RemovedBlock" for b in report["removed_blocks"])

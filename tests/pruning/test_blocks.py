@@ -12,6 +12,8 @@ from torch import nn
 import edgeprune
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.blocks import remove_blocks
+from edgeprune.models.checkpoint import read_header
+from edgeprune.models.removed import RemovedBlock
 from edgeprune.profiling.latency import LatencyProfile
 from edgeprune.pruning.cost import LatencyCost
 from tests.nets import FAST, random_batches, randomize_bn
@@ -35,7 +37,7 @@ def test_below_the_channel_floor_blocks_are_removed_losslessly(tmp_path):
     assert len(res.removable_blocks) == 7 and res.removed_blocks
     assert set(res.removed_blocks) <= set(res.removable_blocks)
     modules = dict(res.model.named_modules())
-    assert all(isinstance(modules[b], nn.Identity) for b in res.removed_blocks)
+    assert all(isinstance(modules[b], RemovedBlock) for b in res.removed_blocks)
     assert res.predicted_cost <= res.budget
     assert macs_of(res.model, 16) == pytest.approx(res.predicted_cost)  # torch counts it too
     assert res.removal_max_abs_diff <= 1e-4
@@ -50,7 +52,12 @@ def test_below_the_channel_floor_blocks_are_removed_losslessly(tmp_path):
     x = random_batches(n=1, seed=3)[0]
     with torch.no_grad():
         assert torch.equal(loaded(x), res.model.eval()(x))
-    assert all(isinstance(dict(loaded.named_modules())[b], nn.Identity) for b in res.removed_blocks)
+    assert all(isinstance(dict(loaded.named_modules())[b], RemovedBlock) for b in res.removed_blocks)
+    kinds = {k: v["kind"] for k, v in read_header(path)["layers"].items()}
+    assert sorted(k for k, v in kinds.items() if v == "removed") == sorted(res.removed_blocks)
+    # an unpruned model records no removed block (its own identities, e.g. shortcuts, are code)
+    full = read_header(edgeprune.save(model, tmp_path / "full.safetensors"))["layers"]
+    assert "layer1.0.shortcut" not in full and all(v["kind"] != "removed" for v in full.values())
 
 
 def test_above_the_channel_floor_blocks_stay_unless_asked():
@@ -79,6 +86,10 @@ def test_a_latency_profile_prices_a_model_without_some_blocks():
     other.layer1[1].conv2 = nn.Identity()
     with pytest.raises(ProfileError, match="profiled layers missing"):
         profile.predict_ms(other)
+    plain = _resnet20().eval()
+    plain.layer1[1] = nn.Identity()  # the user's own edit, not a block pruning removed
+    with pytest.raises(ProfileError, match="profiled layers missing"):
+        profile.predict_ms(plain)
 
 
 def test_budget_range_reaches_below_the_channel_floor_only_with_blocks():
