@@ -271,9 +271,10 @@ class _Student:
                 out = max(out, float((n / scale[rows.to(scale.device)] if rms else n).max()))
         return out
 
-    def rms_norms(self) -> np.ndarray:
+    def rms_norms(self, groups: int | None = None) -> np.ndarray:
+        """Per-parameter gate norms of every channel of the first ``groups`` groups (all)."""
         return np.concatenate([gg.norms() / scale.cpu().numpy()
-                               for gg, scale in zip(self.gates, self.rms_scale, strict=True)])
+                               for gg, scale in zip(self.gates[:groups], self.rms_scale[:groups], strict=True)])
 
     def zero_counts(self) -> list[int]:
         return [int((gg.norms() == 0).sum()) for gg in self.gates]
@@ -529,8 +530,10 @@ class Pruner:
                                            for g in groups], regrow=cfg.dynamic_set))
                 sel.append(s.predicted_cost)
                 if st.lambda_s == 0.0:
-                    # a gate of median per-parameter size needs shrink_intervals intervals to zero
-                    st.lambda_s = float(np.median(st.rms_norms())) / (cfg.lr * interval * cfg.shrink_intervals)
+                    # a channel gate of median per-parameter size needs shrink_intervals intervals
+                    # to zero (blocks are not counted: tracking them changes nothing above the floor)
+                    st.lambda_s = (float(np.median(st.rms_norms(len(self.channel_groups))))
+                                   / (cfg.lr * interval * cfg.shrink_intervals))
             preds.append(zero_cost)
             lams.append(st.lambda_s)
         self.selected_once = self.selected_once or bool(sel)

@@ -64,6 +64,12 @@ def test_above_the_channel_floor_blocks_stay_unless_asked():
     model = _resnet20()
     res = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6, config=CFG)
     assert res.removable_blocks == () and res.removed_blocks == ()
+    # tracking the blocks (the default) changes nothing above the floor: same run as without
+    off = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6,
+                          config=CFG.replace(remove_blocks=False))
+    assert off.group_widths_after == res.group_widths_after
+    sa, sb = res.model.state_dict(), off.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     on = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.6,
                          config=CFG.replace(remove_blocks=True))
     assert len(on.removable_blocks) == 7 and on.predicted_cost <= on.budget
