@@ -9,6 +9,11 @@ next block saves nothing (a flat stretch of the table), the group is priced as t
 to the first that does, taken together: a block that saves nothing alone is no longer a wall.
 A removable residual block is a group of one unit whose floor is 0: taking it removes the
 block.
+
+Greedy removal can overshoot: its last step may save far more than was still needed (a whole
+block, or a large block of a wide layer). A refill pass then gives back, one step at a time,
+the removed channels (or blocks) that bring the most sensitivity per millisecond, while the
+budget still holds.
 """
 
 from __future__ import annotations
@@ -93,5 +98,38 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
             break  # nothing left to remove, or nothing that saves time
         widths[best] = best_m
         current = best_ms
+    if current <= budget_ms:
+        current = _refill(widths, total, order, sensitivity, latency_ms, budget_ms, current,
+                          round_to=round_to, blocks=blocks, latency_weighting=latency_weighting)
     keep = {g: np.sort(order[g][len(sensitivity[g]) - widths[g]:]) for g in sensitivity}
     return Selection(keep, widths, current, current <= budget_ms)
+
+
+def _refill(widths: dict[str, int], total: Mapping[str, int], order: Mapping[str, np.ndarray],
+            sensitivity: Mapping[str, np.ndarray], latency_ms: Callable[[Mapping[str, int]], float],
+            budget_ms: float, current: float, *, round_to: int, blocks: Collection[str],
+            latency_weighting: bool) -> float:
+    """Give back removed channels (``widths`` grows in place) while the budget holds: each
+    time the step (up to the next multiple of round_to, or a whole block) with the most
+    sensitivity per millisecond it adds; a step that adds nothing is taken first. Returns
+    the new cost."""
+    while True:
+        best, best_key, best_ms, best_m = None, None, None, None
+        for g in sorted(widths):
+            n = widths[g]
+            if n >= total[g]:
+                continue
+            m = 1 if g in blocks else min(total[g], round_to * (n // round_to + 1))
+            ms = latency_ms({**widths, g: m})
+            if ms > budget_ms:
+                continue
+            back = order[g][total[g] - m: total[g] - n]
+            value = float(np.sum(np.asarray(sensitivity[g], dtype=np.float64)[back]))
+            extra = ms - current
+            key = (extra <= 0, value / extra if latency_weighting and extra > 0 else value)
+            if best_key is None or key > best_key:
+                best, best_key, best_ms, best_m = g, key, ms, m
+        if best is None:
+            return current
+        widths[best] = best_m
+        current = best_ms

@@ -37,9 +37,10 @@ def test_selection_golden_three_groups():
     # budget 20: b is at its floor; the next best is a (1.0) before c (3.3): 22 -> 20 ms
     sel = select_channels(SENS, _linear_latency(COST), 20.0, round_to=2, min_width=2)
     assert sel.widths == {"a": 2, "b": 2, "c": 4} and sel.predicted_cost == pytest.approx(20.0)
-    # budget 19: only c is left to thin: 20 -> 14 ms
+    # budget 19: only c is left to thin: 20 -> 14 ms, 5 ms more than needed; the refill gives
+    # a's block back (2 ms: 16 <= 19; b's would cost 6)
     sel = select_channels(SENS, _linear_latency(COST), 19.0, round_to=2, min_width=2)
-    assert sel.widths == {"a": 2, "b": 2, "c": 2} and sel.predicted_cost == pytest.approx(14.0)
+    assert sel.widths == {"a": 4, "b": 2, "c": 2} and sel.predicted_cost == pytest.approx(16.0)
     assert sel.met_budget
     # an unreachable budget stops at the floors and says so
     sel = select_channels(SENS, _linear_latency(COST), 10.0, round_to=2, min_width=2)
@@ -53,12 +54,14 @@ def test_selection_keeps_the_most_sensitive_channels():
 
 
 def test_latency_weighting_switch_changes_the_choice():
-    # without latency weighting a and b tie on value (2 each); a is taken (name order),
-    # saving only 2 ms, so a second block must go too
-    sel = select_channels(SENS, _linear_latency(COST), 22.0, round_to=2, min_width=2,
-                          latency_weighting=False)
-    assert sel.widths != {"a": 4, "b": 2, "c": 4}
-    assert sel.widths["a"] == 2
+    # 6 ms to save from 20. Per 2-channel block a is worth 2 for 2 ms, b 3 for 6 ms: weighted,
+    # b goes (0.5 per ms); by value alone three blocks of a go (2 each, less than 3)
+    sens = {"a": np.ones(8), "b": np.full(4, 1.5)}
+    cost = _linear_latency({"a": 1.0, "b": 3.0})
+    on = select_channels(sens, cost, 14.0, round_to=2, min_width=2)
+    off = select_channels(sens, cost, 14.0, round_to=2, min_width=2, latency_weighting=False)
+    assert on.widths == {"a": 8, "b": 2} and off.widths == {"a": 2, "b": 4}
+    assert on.predicted_cost == off.predicted_cost == pytest.approx(14.0)
 
 
 def test_selection_respects_round_to_and_min_width():
@@ -81,3 +84,18 @@ def test_selection_crosses_a_flat_stretch_of_the_latency_table():
     assert sel.widths == {"a": 8, "b": 16} and sel.predicted_cost == pytest.approx(14.0)
     # without the look-ahead a block of b (value 40, 2 ms) would have gone instead of a (value 8)
     assert sel.met_budget
+
+
+def test_the_refill_gives_back_what_an_overshooting_last_step_did_not_need():
+    """18 ms to save from 48 with a budget of 30. b's blocks are the cheapest per ms (0.01)
+    and go first (b at its floor, 44 ms); then a's 20 ms block (0.02 per ms) overshoots to
+    24 ms. b's block fits again (28 <= 30) and comes back; a's would not (44)."""
+    sens = {"a": np.full(8, 0.1), "b": np.full(8, 0.01)}
+    cost = _linear_latency({"a": 5.0, "b": 1.0})
+    sel = select_channels(sens, cost, 30.0, round_to=4, min_width=4)
+    assert sel.widths == {"a": 4, "b": 8} and sel.predicted_cost == pytest.approx(28.0)
+    # a removed block comes back the same way when the budget allows it
+    blocks = {"a": np.full(8, 0.1), "blk": np.array([0.05])}
+    lat = lambda w: 5.0 * w["a"] + 3.0 * w["blk"]  # noqa: E731
+    sel = select_channels(blocks, lat, 33.0, round_to=4, min_width=4, blocks=["blk"])
+    assert sel.widths == {"a": 4, "blk": 1} and sel.predicted_cost == pytest.approx(23.0)
