@@ -130,3 +130,14 @@ def test_a_closed_loop_round_below_the_channel_floor_removes_blocks():
     assert res.removal_max_abs_diff <= 1e-4 and res.predicted_cost <= second["internal_budget"]
     kept = edgeprune.prune(model, random_batches(), target="macs", budget_ratio=0.55, config=CFG)
     assert kept.removable_blocks == () and kept.removed_blocks == ()
+
+
+def test_a_model_without_some_blocks_exports_and_validates(tmp_path):
+    model = _resnet20()
+    data = random_batches(n=10, batch=16, hw=32)
+    res = edgeprune.prune(model, data, target="macs", budget_ratio=0.3, config=CFG)
+    assert res.removed_blocks
+    bundle = edgeprune.export(res.model, tmp_path / "bundle", data=data,
+                              config=edgeprune.ExportConfig(formats=("tflite", "onnx")))
+    report = edgeprune.validate(bundle, data)
+    assert {c.format: c.status for c in report.checks} == {"tflite": "pass", "onnx": "pass"}
