@@ -399,8 +399,7 @@ class Pruner:
                               f"update intervals ({2 * self.cfg.update_interval} steps)")
         main = self.phases[0]
         lr = main.lr_at(main.start + main.ramp_steps)
-        now = min(self._cost_of({g.name: g.width - z for g, z in zip(self.groups, st.zero_counts(), strict=True)})
-                  for st in self.students)
+        now = min(self._zero_cost(st.zero_counts()) for st in self.students)
         self.phases.append(_Phase(self.step_count, steps, lr, max(now, budget), budget, self.cfg))
         self.total_steps = self.step_count + steps
         self.budget = budget
@@ -409,6 +408,19 @@ class Pruner:
 
     def _cost_of(self, group_widths: dict[str, int]) -> float:
         return self.cost(self.widthmap(group_widths))
+
+    def _zero_cost(self, zero: Sequence[int]) -> float:
+        """Cost of a student with its exactly-zero channels removed (``zero``: counts per
+        group). A width off the round_to grid (seen on ResNet-56 with block removal: one
+        channel outside E_t at exactly zero) is priced at the next multiple up, which it
+        costs at most; a profile without measured channel steps cannot price it otherwise."""
+        widths = {}
+        for g, z in zip(self.groups, zero, strict=True):
+            w = g.width - z
+            if not isinstance(g, BlockStructure) and w % self.round_to:
+                w = min(g.width, self.round_to * math.ceil(w / self.round_to))
+            widths[g.name] = w
+        return self._cost_of(widths)
 
     def _floor(self, *, blocks: bool = True) -> dict[str, int]:
         """The narrowest model: every channel group at its floor and (``blocks``) every
@@ -508,7 +520,7 @@ class Pruner:
         preds, lams, sel, left = [], [], [], []
         for st in self.students:
             zero = st.zero_counts()
-            zero_cost = self._cost_of({g.name: g.width - z for g, z in zip(groups, zero, strict=True)})
+            zero_cost = self._zero_cost(zero)
             if self.selected_once and zero_cost > target_now * (1 + 1e-9):
                 st.lambda_s *= cfg.lambda_growth  # behind schedule: shrink harder
             if self.selected_once and step - ph.start >= ph.ramp_steps:

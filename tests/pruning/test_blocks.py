@@ -141,3 +141,22 @@ def test_a_model_without_some_blocks_exports_and_validates(tmp_path):
                               config=edgeprune.ExportConfig(formats=("tflite", "onnx")))
     report = edgeprune.validate(bundle, data)
     assert {c.format: c.status for c in report.checks} == {"tflite": "pass", "onnx": "pass"}
+
+
+def test_a_zero_channel_outside_the_sparse_set_is_priced_on_the_grid():
+    """A student with one more exactly-zero channel than E_t holds (an off-grid width) is
+    priced at the next multiple of round_to up: a profile without measured channel steps
+    refuses off-grid widths, which stopped a ResNet-56 run with block removal."""
+    from edgeprune.pruning.cost import MacsCost
+    from edgeprune.pruning.pruner import Pruner
+
+    model = _resnet20()
+    cost = MacsCost(model, (3, 16, 16))
+    p = Pruner(model, cost=cost, budget=0.3 * cost.of_model(model), target="macs", round_to=16, config=CFG)
+    p.prepare(random_batches(n=2), 30)
+    zero = [0] * len(p.groups)
+    stream = [g.name for g in p.groups].index("layer3.0.shortcut.0")
+    zero[stream] = 17  # 64 - 17 = 47 -> priced as 48
+    widths = {g.name: g.width for g in p.groups} | {"layer3.0.shortcut.0": 48}
+    assert p._zero_cost(zero) == pytest.approx(p._cost_of(widths))
+    p.close()
