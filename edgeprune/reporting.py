@@ -460,6 +460,10 @@ def _prune_section(d: dict[str, Any], out: Path, figure: Callable[..., Any]) -> 
     lines += _table(["group (root layer)", "width before", "width after"], ["---", "---:", "---:"],
                     [[_cell(g), str(w), str(d["group_widths_after"][g])]
                      for g, w in d["group_widths_before"].items()])
+    removed = d.get("removed_blocks") or []
+    if d.get("removable_blocks"):
+        lines += ["", f"Residual blocks removed: {len(removed)} of {len(d['removable_blocks'])}"
+                  + (f" ({', '.join(_cell(b) for b in removed)})." if removed else ".")]
     return lines
 
 

@@ -91,7 +91,11 @@ def test_prune_report(tmp_path):
     assert "| predicted cost (ms) | 1 | 0.5 |" in text
     assert "| params | 12,000 | 3,500 |" in text
     assert "| layer1.conv | 32 | 16 |" in text
+    assert "Residual blocks removed" not in text
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    write(tmp_path / "prune_report.json", prune_report(removable_blocks=["layer1.0", "layer1.1"],
+                                                        removed_blocks=["layer1.1"]))
+    assert "Residual blocks removed: 1 of 2 (layer1.1)." in write_report(tmp_path).read_text()
 
 
 def test_many_layers_get_a_taller_horizontal_chart(tmp_path):
