@@ -411,9 +411,11 @@ class Pruner:
 
     def _zero_cost(self, zero: Sequence[int]) -> float:
         """Cost of a student with its exactly-zero channels removed (``zero``: counts per
-        group). A width off the round_to grid (seen on ResNet-56 with block removal: one
-        channel outside E_t at exactly zero) is priced at the next multiple up, which it
-        costs at most; a profile without measured channel steps cannot price it otherwise."""
+        group). E_t's channels reach zero at different steps, so the count passes through
+        widths off the round_to grid (15 of a 16-channel block zero); such a width is priced
+        at the next multiple up, the width that removal could build. (A profile made before
+        channel steps were measured, like the committed ResNet-56 one, refuses off-grid
+        widths: a ResNet-56 run at 0.35x stopped on 47 of 64.)"""
         widths = {}
         for g, z in zip(self.groups, zero, strict=True):
             w = g.width - z

@@ -144,9 +144,10 @@ def test_a_model_without_some_blocks_exports_and_validates(tmp_path):
 
 
 def test_a_zero_channel_outside_the_sparse_set_is_priced_on_the_grid():
-    """A student with one more exactly-zero channel than E_t holds (an off-grid width) is
-    priced at the next multiple of round_to up: a profile without measured channel steps
-    refuses off-grid widths, which stopped a ResNet-56 run with block removal."""
+    """While E_t's channels shrink, some reach zero before others (17 zero: a 16-channel
+    block done and one of the next); that off-grid width is priced at the next multiple of
+    round_to up. A profile without measured channel steps refuses off-grid widths, which
+    stopped a ResNet-56 run."""
     from edgeprune.pruning.cost import MacsCost
     from edgeprune.pruning.pruner import Pruner
 
