@@ -238,8 +238,14 @@ def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | Non
     round_to = config.round_to or t.round_to
     floor = width_floor({g.name: g.width for g in groups}, round_to=round_to,
                         min_width=config.min_width or round_to)
-    return BudgetRange(cost(widthmap({})), cost(widthmap({**floor, **{b.name: 0 for b in blocks}})),
-                       cost.unit, cost(widthmap(floor)))
+    smallest = cost(widthmap({**floor, **{b.name: 0 for b in blocks}}))
+    if blocks and smallest <= 0:
+        raise ProfileError(
+            f"the profile predicts {smallest:.4g} {cost.unit} for the network with all {len(blocks)} "
+            "removable residual blocks removed: it has not seen networks without blocks (made before "
+            "edgeprune calibrated one); re-profile the model (edgeprune profile), or pass "
+            "PruneConfig(remove_blocks=False) for the channel-pruning range")
+    return BudgetRange(cost(widthmap({})), smallest, cost.unit, cost(widthmap(floor)))
 
 
 def export(model: nn.Module, out_dir: str | os.PathLike, *, data: Iterable | None = None,

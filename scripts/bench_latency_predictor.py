@@ -2,17 +2,21 @@
 
 For each zoo model and host target: build the profile (timed), draw random pruned variants
 (per channel group a keep ratio uniform in [0.2, 1.0], rounded to the target's round_to; or
-to --width-step for widths off the profile's grid, or in --keep LO HI for small models),
+to --width-step for widths off the profile's grid, or in --keep LO HI for small models; with
+--remove-blocks P each removable residual block is also removed with probability P, at least
+one per variant: the networks the pruner makes below the channel floor),
 predict each, convert and measure it end to end. Writes bench/results/latency_predictor.json
 with, per target and model, the share of variants within +-10% and +-5%, the median and max
 absolute % error, the profile build time, and the speed-up fidelity: measured speed-up vs MACs
 reduction for the same variants, and the repeatability: every variant timed again in a
 second round, so each row shows how well this machine's measurements agree with themselves
 (the floor under any predictor's error). The profiles are saved to profiles/<target>/<model>.json
-(not with --quick, so `make bench` leaves the committed profiles alone).
+by the default run only (on-grid variants, not --quick: `make bench` leaves the committed
+profiles alone, and a committed profile is the one whose on-grid row is in the JSON).
 
     .venv/bin/python scripts/bench_latency_predictor.py [--quick] [--models resnet20 ...]
         [--targets host-litert host-onnxruntime] [--variants 30] [--width-step 4] [--keep 0.05 0.3]
+        [--remove-blocks 0.5]
 
 Rows are merged into the JSON by (model, target, variant set): run the matrix in parts.
 """
@@ -36,6 +40,7 @@ from edgeprune import models
 from edgeprune._io import write_json
 from edgeprune.convert import tflite_op_names
 from edgeprune.graph import group_structure, shrink_to_widths
+from edgeprune.graph.blocks import remove_blocks, residual_blocks
 from edgeprune.graph.layers import layer_units
 from edgeprune.profiling.latency import dense_copy, profile
 from edgeprune.profiling.measurement import convert_for, time_artifacts
@@ -76,7 +81,7 @@ def _convert_other_calibration(model, path):
 
 
 def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: bool,
-            width_step: int | None = None, keep_range=(0.2, 1.0)) -> dict:
+            width_step: int | None = None, keep_range=(0.2, 1.0), block_p: float = 0.0) -> dict:
     target = load_target(target_name)
     step = width_step or target.round_to
     torch.manual_seed(seed)
@@ -98,6 +103,14 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     rng = np.random.default_rng(seed)
     variants = [shrink_to_widths(model, example, random_widths(groups, rng, step, keep_range))
                 for _ in range(n_variants)]
+    removed = [0] * n_variants
+    if block_p > 0:
+        blocks = [b.name for b in residual_blocks(model, example)]
+        if not blocks:
+            raise SystemExit(f"--remove-blocks: {name} has no removable residual block")
+        for i in range(n_variants):
+            take = [b for b in blocks if rng.uniform() < block_p] or [blocks[rng.integers(len(blocks))]]
+            variants[i], removed[i] = remove_blocks(variants[i], take), len(take)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as d:
         # convert in two processes, then time one at a time with nothing else running
@@ -135,6 +148,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             pred = prof.predict_ms(variant)
             m = macs(variant)
             rows.append({"predicted_ms": round(pred, 5), "measured_ms": round(meas.median_ms, 5),
+                         **({"blocks_removed": removed[i]} if block_p > 0 else {}),
                          "remeasured_ms": round(again[i + 1].median_ms, 5),
                          "measured_iqr_ms": round(meas.iqr_ms, 5),
                          "pass_spread_pct": round(100 * meas.pass_spread, 2),
@@ -147,7 +161,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     self_diff = [100 * abs(r["remeasured_ms"] / r["measured_ms"] - 1) for r in rows]
     return {
         "model": name, "target": target.name, "variants": len(rows),
-        "variant_set": _variant_set(step, target.round_to, keep_range),
+        "variant_set": _variant_set(step, target.round_to, keep_range, block_p),
         "within_10pct": round(sum(e <= 10 for e in errs) / len(errs), 4),
         "within_5pct": round(sum(e <= 5 for e in errs) / len(errs), 4),
         "median_abs_error_pct": round(statistics.median(errs), 3),
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the profile's grid); e.g. 4 for off-grid widths")
     ap.add_argument("--keep", type=float, nargs=2, default=(0.2, 1.0), metavar=("LO", "HI"),
                     help="range of the random keep ratio per channel group (e.g. 0.05 0.3: small models)")
+    ap.add_argument("--remove-blocks", type=float, default=0.0, metavar="P",
+                    help="also remove each removable residual block with probability P (at least one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency_predictor.json"))
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -201,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     for target in a.targets:
         for name in names:
             # the profile does not depend on the variants: every full run saves it
-            results.append(run_one(name, target, n, a.seed, log, save=not a.quick,
-                                   width_step=a.width_step, keep_range=tuple(a.keep)))
+            default = a.width_step is None and tuple(a.keep) == (0.2, 1.0) and not a.remove_blocks
+            results.append(run_one(name, target, n, a.seed, log, save=default and not a.quick,
+                                   width_step=a.width_step, keep_range=tuple(a.keep),
+                                   block_p=a.remove_blocks))
     print()
     print(f"{'target':18} {'model':12} {'variants':16} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
           f"{'max|err|%':>9} {'self<=10%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
@@ -226,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _variant_set(step: int, round_to: int, keep_range) -> dict:
+def _variant_set(step: int, round_to: int, keep_range, block_p: float = 0.0) -> dict:
     small = tuple(keep_range) != (0.2, 1.0)
-    name = ("on-grid" if step == round_to else f"off-grid step {step}") + (" small" if small else "")
-    return {"name": name, "width_step": step, "round_to": round_to, "keep": list(keep_range)}
+    name = (("on-grid" if step == round_to else f"off-grid step {step}") + (" small" if small else "")
+            + (" blocks removed" if block_p > 0 else ""))
+    return {"name": name, "width_step": step, "round_to": round_to, "keep": list(keep_range),
+            **({"block_removal_p": block_p} if block_p > 0 else {})}
 
 
 def _row_key(r: dict) -> tuple:

@@ -42,7 +42,7 @@ from torch import nn
 
 from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
-from edgeprune.graph.blocks import removed_under
+from edgeprune.graph.blocks import remove_blocks, removed_under, residual_blocks
 from edgeprune.graph.layers import LayerUnit, layer_units
 from edgeprune.profiling.measurement import check_measurable, convert_for, time_artifacts
 from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
@@ -52,6 +52,8 @@ from edgeprune.types import Progress
 SCHEMA_VERSION = 2  # 2: layer_scale replaced the per-activation-element remainder slope
 FORMAT = "edgeprune-latency-profile"
 CALIBRATION_KEEP = (1.0, 0.6, 0.3)
+# a model with removable residual blocks gets one more calibration: the thinnest copy with
+# every block removed, so the fit has seen the networks the pruner makes below the channel floor
 
 
 def host_identity() -> dict[str, Any]:
@@ -471,7 +473,12 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     to_convert = [job for job in todo if (job[0], job[2], job[3]) not in hits]
     convert_s = measure_s = 0.0
     passes = t.measure.passes
-    n_calib = len(CALIBRATION_KEEP)
+    example = torch.zeros(1, *shape)
+    blocks = tuple(b.name for b in residual_blocks(model, example))
+    calibrations = [(keep, ()) for keep in CALIBRATION_KEEP]
+    if blocks:
+        calibrations.append((CALIBRATION_KEEP[-1], blocks))
+    n_calib = len(calibrations)
     total = 1 + len(to_convert) + passes * (1 + len(todo)) + n_calib * (1 + passes)
     step = 0
 
@@ -513,28 +520,30 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
                                  {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
                                  steps=steps)
-        # scale and intercept: end-to-end measurements of the full model and thinned copies
-        example = torch.zeros(1, *shape)
+        # scale and intercept: end-to-end measurements of the full model, thinned copies and
+        # (a model with residual blocks) the thinnest copy without its blocks
         groups = group_structure(model, example)
         variants, calib_paths = [], []
         c0 = time.perf_counter()
-        for i, keep in enumerate(CALIBRATION_KEEP):
+        for i, (keep, removed) in enumerate(calibrations):
             variant = model
             if keep < 1.0:
                 widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
                 variant = shrink_to_widths(model, example, widths)
+            if removed:
+                variant = remove_blocks(variant, removed)
             variants.append(variant)
             calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
-            tick(f"convert end-to-end keep {keep}")
+            tick(f"convert end-to-end keep {keep}" + (f", {len(removed)} blocks removed" if removed else ""))
         convert_s += time.perf_counter() - c0
         m0 = time.perf_counter()
         calib_stats = time_artifacts(calib_paths, t, device=device,
                                      on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
         measure_s += time.perf_counter() - m0
         calib = []
-        for keep, variant, st in zip(CALIBRATION_KEEP, variants, calib_stats, strict=True):
+        for (keep, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
-            calib.append({"keep": keep, "measured_ms": st.median_ms,
+            calib.append({"keep": keep, "blocks_removed": len(removed), "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
                           "layers_ms": sum(partial.layer_ms(u) for u in vu)})
     intercept, scale = _fit_remainder(calib)

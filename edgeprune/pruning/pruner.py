@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.data import input_of
-from edgeprune.errors import ConfigError, DataError, EdgepruneError
+from edgeprune.errors import ConfigError, DataError, EdgepruneError, ProfileError
 from edgeprune.graph.blocks import BlockStructure, remove_blocks, residual_blocks
 from edgeprune.graph.groups import GroupStructure, group_structure
 from edgeprune.graph.layers import model_macs
@@ -335,6 +335,14 @@ class Pruner:
         smallest = self._cost_of(self._floor())
         self.floor_cost = smallest
         unit = self.cost.unit
+        if self._blocks_eligible() and smallest <= 0:
+            raise ProfileError(
+                f"the cost model predicts {smallest:.4g} {unit} for the network with all "
+                f"{len(self.blocks)} removable residual blocks removed: it has not seen networks "
+                "without blocks (a latency profile made before edgeprune calibrated one); re-profile "
+                "the model (edgeprune profile), or keep its blocks (remove_blocks=False; CLI: "
+                "--no-remove-blocks) with a budget of at least the channel floor "
+                f"{self.channel_floor:.4g} {unit}")
         if self.budget < smallest:
             blocks = (f", its {len(self.blocks)} removable residual blocks removed" if self.blocks
                       else ", the model has no removable residual block" if cfg.remove_blocks is not False
@@ -747,6 +755,10 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                                 if cfg.remove_blocks is False
                                 and residual_blocks(pruner.teacher, pruner.example) else ""))
                 break
+            if internal < pruner.channel_floor and pruner.floor_cost <= 0 and pruner.blocks:
+                notes.append(f"the internal budget {internal:.4g} is below the channel floor and the "
+                             "profile prices networks without blocks at <= 0 (not calibrated there): "
+                             "this round's selection rests on the measurement only; re-profile")
             pruner.extend(internal, steps)
             train_until(pruner.total_steps)
             result = pruner.finalize()

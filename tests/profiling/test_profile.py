@@ -35,6 +35,28 @@ def test_the_full_model_is_predicted_as_its_own_calibration_row_says(mini):
     assert full["measured_ms"] > 0 and prof.layer_scale > 0
 
 
+def test_a_model_with_residual_blocks_is_calibrated_without_them_too():
+    """The pruner removes residual blocks below the channel floor; the fit has seen such a
+    network: the thinnest copy with every block removed is a fourth calibration, predicted as
+    its row says."""
+    from edgeprune.graph import group_structure, shrink_to_widths
+    from edgeprune.graph.blocks import remove_blocks
+    from edgeprune.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    model = randomize_bn(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), BasicBlock(32, 32, 1), BasicBlock(32, 32, 1),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))).eval()
+    prof = profile(model, target="host-onnxruntime", input_shape=SHAPE, max_points=2)
+    assert [(c["keep"], c["blocks_removed"]) for c in prof.calibration] == [(1.0, 0), (0.6, 0), (0.3, 0), (0.3, 2)]
+    x = torch.zeros(1, *SHAPE)
+    thin = shrink_to_widths(model, x, {g.name: 16 for g in group_structure(model, x)})  # 0.3 of 32 -> 16
+    blockless = remove_blocks(thin, ["2", "3"])
+    row = prof.calibration[-1]
+    assert prof.predict_ms(blockless) == pytest.approx(row["predicted_ms"], rel=1e-9)
+    assert row["measured_ms"] > 0 and len(row["pass_medians_ms"]) == prof.target.measure.passes
+
+
 def test_profile_contents(mini):
     model, prof = mini
     assert prof.source == "measured" and prof.target.threads == 1

@@ -98,6 +98,26 @@ def test_a_latency_profile_prices_a_model_without_some_blocks():
         profile.predict_ms(plain)
 
 
+def test_a_profile_that_prices_the_blockless_network_at_or_below_zero_is_refused_there():
+    """A fit that never saw a network without blocks can extrapolate to a negative floor
+    (the committed ResNet-20 profile once predicted -0.0009 ms): below the channel floor such a
+    profile is refused, with the fix; above it, channel pruning still prices with it."""
+    import dataclasses
+
+    good = LatencyProfile.load(ROOT / "profiles" / "host-litert" / "resnet20.json")
+    model = _resnet20()
+    reach = edgeprune.budget_range(model, target="host-litert", profile=good, config=CFG)
+    assert 0 < reach.floor < reach.channel_floor
+    bad = dataclasses.replace(good, remainder_intercept_ms=-reach.floor - 0.01)  # floor now < 0
+    with pytest.raises(ProfileError, match=r"predicts -[0-9.]+ ms for the network with all 7 removable .*re-profile"):
+        edgeprune.budget_range(model, target="host-litert", profile=bad, config=CFG)
+    off = edgeprune.budget_range(model, target="host-litert", profile=bad, config=CFG.replace(remove_blocks=False))
+    assert off.floor == off.channel_floor > 0
+    with pytest.raises(ProfileError, match=r"remove_blocks=False; CLI: --no-remove-blocks"):
+        edgeprune.prune(model, random_batches(), target="host-litert", profile=bad,
+                        budget_ms=0.9 * off.channel_floor, config=CFG.replace(verify=False))
+
+
 def test_budget_range_reaches_below_the_channel_floor_only_with_blocks():
     model = _resnet20()
     reach = edgeprune.budget_range(model, target="macs", input_shape=(3, 16, 16), config=CFG)
