@@ -90,14 +90,19 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     for name in names:
         if name not in modules or not name:
             raise ConfigError(f"no module {name!r} to remove; blocks are named by module path")
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, RemovedBlock())
+        model.set_submodule(name, RemovedBlock())
     return model
 
 
 def removed_under(model: nn.Module, path: str) -> bool:
     """True when ``path`` (a layer of the full architecture) lies inside a block of ``model``
     that pruning removed (a :class:`RemovedBlock`)."""
-    modules = dict(model.named_modules())
     parts = path.split(".")
-    return any(isinstance(modules.get(".".join(parts[:i])), RemovedBlock) for i in range(1, len(parts)))
+    for i in range(1, len(parts)):
+        try:
+            module = model.get_submodule(".".join(parts[:i]))
+        except AttributeError:  # not in this model at all
+            return False
+        if isinstance(module, RemovedBlock):
+            return True
+    return False

@@ -252,8 +252,7 @@ def _resize_layers(model: nn.Module, layers: dict[str, dict], path: Path) -> Non
         if name not in modules or not name:
             raise CheckpointError(f"checkpoint {str(path)!r} names layer {name!r}, which the "
                                   "architecture does not have")
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, RemovedBlock())
+        model.set_submodule(name, RemovedBlock())
     modules = dict(model.named_modules())
     for name, rec in layers.items():
         if rec.get("kind") == "removed":
@@ -267,8 +266,7 @@ def _resize_layers(model: nn.Module, layers: dict[str, dict], path: Path) -> Non
             raise CheckpointError(f"checkpoint {str(path)!r}: layer {name!r} is {type(old).__name__} "
                                   f"but the file records {rec.get('kind')!r}")
         if new is not old:
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, child, new)
+            model.set_submodule(name, new)
 
 
 def _resized(m: nn.Module, rec: dict) -> nn.Module | None:
