@@ -130,6 +130,7 @@ class Artifact:
     io: ArtifactIO
     parity: Parity
     host_latency: HostLatency
+    int8_ptq: tuple[str, ...] | None = None  # tflite-int8: the label-free steps before quantisation
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -137,7 +138,9 @@ class Artifact:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "artifact") -> Artifact:
         a = _typed(cls, d, where)
+        ptq = d.get("int8_ptq")
         return dataclasses.replace(a, io=ArtifactIO.from_dict(d["io"], f"{where}.io"),
+                                   int8_ptq=tuple(ptq) if isinstance(ptq, list) else ptq,
                                    parity=_typed(Parity, d["parity"], f"{where}.parity"),
                                    host_latency=_typed(HostLatency, d["host_latency"],
                                                        f"{where}.host_latency"))

@@ -38,8 +38,9 @@ from edgeprune.bundle.artifacts import (
     TensorIO,
 )
 from edgeprune.bundle.readme import bundle_readme
+from edgeprune.convert.ptq import check_ptq_steps
 from edgeprune.convert.tflite import INT8_LOGITS
-from edgeprune.errors import ConfigError
+from edgeprune.errors import ConfigError, ExportError
 from edgeprune.models.checkpoint import ModelSpec
 from edgeprune.types import InputSpec, Progress
 
@@ -64,12 +65,16 @@ class ExportConfig:
     ``calibration_images``: how many of ``data``'s images calibrate int8 (the first 64 also
     serve the export-time parity check). ``coreml_precision``: "fp16" or "fp32".
     ``int8_logits``: the int8 output range, "top2" (classifiers) or "full"
-    (:func:`edgeprune.convert.to_tflite_int8`)."""
+    (:func:`edgeprune.convert.to_tflite_int8`). ``int8_ptq``: label-free steps applied before
+    int8 quantisation, any of "cle", "adaround", "bias_correction"
+    (:mod:`edgeprune.convert.ptq`); the default, cross-layer equalization, needs a
+    torch.fx-traceable model (``()`` for one that is not)."""
 
     formats: tuple[str, ...] = FORMATS
     calibration_images: int = 500
     coreml_precision: str = "fp16"
     int8_logits: str = "top2"
+    int8_ptq: tuple[str, ...] = ("cle",)  # chosen on the val split: docs/export.md
 
     def __post_init__(self) -> None:
         formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
@@ -86,6 +91,10 @@ class ExportConfig:
         if self.int8_logits not in INT8_LOGITS:
             raise ConfigError(f"ExportConfig.int8_logits={self.int8_logits!r} is not an int8 output "
                               f"range; choose from {list(INT8_LOGITS)}")
+        try:
+            object.__setattr__(self, "int8_ptq", check_ptq_steps(self.int8_ptq, "ExportConfig.int8_ptq"))
+        except ExportError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExportConfig:
@@ -94,6 +103,7 @@ class ExportConfig:
     def to_dict(self) -> dict[str, Any]:
         d = config_to_dict(self)
         d["formats"] = list(d["formats"])
+        d["int8_ptq"] = list(d["int8_ptq"])
         return d
 
     def replace(self, **changes: Any) -> ExportConfig:
@@ -217,7 +227,8 @@ def _build(out: Path, model: nn.Module, spec: ModelSpec, config: ExportConfig,
             io = dataclasses.replace(io, output=dataclasses.replace(
                 io.output, range=config.int8_logits, range_note=INT8_RANGE_NOTE[config.int8_logits]))
         artifacts.append(Artifact(fmt, FILES[fmt], RUNTIME[fmt], _size(path), round(export_s, 2),
-                                  _sha256(path), io, parity, lat))
+                                  _sha256(path), io, parity, lat,
+                                  config.int8_ptq if fmt == "tflite-int8" else None))
         if on_progress is not None:
             on_progress(Progress("export", i + 1, total, {"format": fmt}))
     model_json = {
@@ -252,7 +263,7 @@ def _export_one(fmt: str, model: nn.Module, path: Path, example: torch.Tensor,
         to_tflite(model, path, example)
     elif fmt == "tflite-int8":
         to_tflite_int8(model, path, example, calib, min_images=min(100, sum(len(c) for c in calib)),
-                       logits=config.int8_logits)
+                       logits=config.int8_logits, ptq=config.int8_ptq)
     elif fmt == "onnx":
         to_onnx(model, path, example)
     else:

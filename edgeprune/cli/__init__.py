@@ -300,10 +300,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     out = _out_dir(a.out)
     formats = tuple(f.strip() for f in a.formats.split(",") if f.strip())
     try:
+        ptq = (ExportConfig().int8_ptq if a.int8_ptq is None else () if a.int8_ptq.strip() == "none"
+               else tuple(s.strip() for s in a.int8_ptq.split(",") if s.strip()))
         cfg = ExportConfig(formats=formats, calibration_images=a.calib_images,
-                           coreml_precision=a.coreml_precision, int8_logits=a.int8_logits)
+                           coreml_precision=a.coreml_precision, int8_logits=a.int8_logits, int8_ptq=ptq)
     except ConfigError as e:
-        raise ConfigError(f"--formats {a.formats!r}: {e}") from None
+        raise ConfigError(f"--formats {a.formats!r} --int8-ptq {a.int8_ptq!r}: {e}") from None
     model = edgeprune.load(a.checkpoint)
     spec = model.edgeprune_spec.input
     calib = None
@@ -531,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--coreml-precision", choices=("fp16", "fp32"), default="fp16")
     ex.add_argument("--int8-logits", choices=("top2", "full"), default="top2",
                     help="int8 output range: top2 (classifiers; low logits saturate) or full")
+    ex.add_argument("--int8-ptq", default=None,
+                    help="label-free steps before int8 quantisation, comma-separated: cle, adaround, "
+                         "bias_correction; or none (default: ExportConfig's, docs/export.md)")
     ex.add_argument("--out", required=True, help="bundle directory (new or empty)")
     ex.add_argument("--force", action="store_true",
                     help="replace an existing bundle in --out (the whole bundle, atomically)")

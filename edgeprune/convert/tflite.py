@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from torch import nn
 from edgeprune._io import atomic_path
 from edgeprune.convert._common import prepare
 from edgeprune.convert._rewrite import hwc_flatten
+from edgeprune.convert.ptq import check_ptq_steps, prepare_int8
 from edgeprune.errors import ConfigError, ExportError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def check_int8_logits(logits: str, name: str = "logits") -> None:
 
 def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor,
                    calibration: Iterable, *, min_images: int = 100,
-                   max_images: int = 1000, logits: str = "top2") -> Path:
+                   max_images: int = 1000, logits: str = "top2", ptq: Sequence[str] = (),
+                   ptq_images: int = 256) -> Path:
     """Export a full-integer .tflite (int8 weights per channel, int8 activations, int8 NHWC
     input and output; read their scale/zero-point from the runtime session).
 
@@ -97,8 +99,13 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
     span below. The step is finer where argmax and the top probabilities are decided; logits
     under the range saturate at its floor. With 256 levels over the full range, near-tied top
     logits round to the same value and argmax flips (see docs/export.md).
+
+    ``ptq``: label-free steps applied to a copy of the model before quantisation, on the first
+    ``ptq_images`` calibration images (``"cle"``, ``"adaround"``, ``"bias_correction"``; see
+    :mod:`edgeprune.convert.ptq`).
     """
     check_int8_logits(logits)
+    ptq = check_ptq_steps(ptq)
     try:
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer
@@ -106,10 +113,15 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
         from torchao.quantization.pt2e import quantize_pt2e
     except ImportError as e:
         raise MissingDependencyError("litert-torch (with torchao) is not installed; pip install edgeprune") from e
-    from edgeprune.data import input_of
 
+    model, example_input = prepare(model, example_input)  # checks the example input
+    images = _calibration_images(calibration, tuple(example_input.shape[1:]), max_images)
+    if len(images) < min_images:
+        raise ExportError(f"int8 calibration got {len(images)} images; need at least {min_images} "
+                          "(pass more calibration data, e.g. --calib-data shapes --calib-images 200)")
+    if ptq:
+        model, _ = prepare_int8(model, images[:ptq_images], ptq)
     wrapped, nhwc = _channel_last(litert_torch, model, example_input)
-    x = nhwc.permute(0, 3, 1, 2)
     path = Path(path)
     with _quiet_converter():
         try:
@@ -119,25 +131,12 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
             observed = quantize_pt2e.prepare_pt2e(graph, quantizer)
         except Exception as e:  # the exporter raises many types; all mean "could not convert"
             raise ExportError(f"int8 preparation failed for {type(model).__name__}: {e}") from e
-        seen, top2 = 0, []
+        top2 = []
         with torch.no_grad():
-            for batch in calibration:
-                xb = input_of(batch)
-                if tuple(xb.shape[1:]) != tuple(x.shape[1:]):
-                    raise ExportError(f"calibration batch of shape {tuple(xb.shape)} does not match the "
-                                      f"model input {tuple(x.shape[1:])}; give normalised NCHW batches")
-                for i in range(len(xb)):  # the exported graph has batch size 1
-                    out = observed(xb[i:i + 1].permute(0, 2, 3, 1).contiguous())
-                    if logits == "top2":
-                        top2.append(_top2(out))
-                    seen += 1
-                    if seen >= max_images:
-                        break
-                if seen >= max_images:
-                    break
-        if seen < min_images:
-            raise ExportError(f"int8 calibration got {seen} images; need at least {min_images} "
-                              "(pass more calibration data, e.g. --calib-data shapes --calib-images 200)")
+            for i in range(len(images)):  # the exported graph has batch size 1
+                out = observed(images[i:i + 1].permute(0, 2, 3, 1).contiguous())
+                if logits == "top2":
+                    top2.append(_top2(out))
         if logits == "top2":
             _set_output_range(observed, torch.stack(top2))
         with atomic_path(path) as tmp:
@@ -149,6 +148,23 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
                 raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
             _check_no_transpose(tmp)
     return path
+
+
+def _calibration_images(calibration: Iterable, shape: tuple[int, ...], max_images: int) -> torch.Tensor:
+    """The first ``max_images`` inputs of ``calibration``'s batches, checked against ``shape``."""
+    from edgeprune.data import input_of
+
+    got, n = [], 0
+    for batch in calibration:
+        xb = input_of(batch)
+        if tuple(xb.shape[1:]) != shape:
+            raise ExportError(f"calibration batch of shape {tuple(xb.shape)} does not match the "
+                              f"model input {shape}; give normalised NCHW batches")
+        got.append(xb[:max_images - n].detach().float())
+        n += len(got[-1])
+        if n >= max_images:
+            break
+    return torch.cat(got) if got else torch.zeros(0, *shape)
 
 
 def _top2(out: object) -> torch.Tensor:

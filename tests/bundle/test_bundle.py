@@ -65,6 +65,7 @@ def test_bundle_contents_and_model_json(bundle):
     assert q["input"]["dtype"] == "int8" and q["output"]["dtype"] == "int8"
     assert q["input"]["quantization"]["scale"] > 0 and -128 <= q["input"]["quantization"]["zero_point"] <= 127
     assert q["output"]["range"] == "top2" and "saturate" in q["output"]["range_note"]
+    assert arts["tflite-int8"]["int8_ptq"] == ["cle"] and "int8_ptq" not in arts["tflite"]  # the default
     for fmt in ("tflite", "onnx"):
         assert arts[fmt]["parity"]["max_abs"] <= 1e-4 and arts[fmt]["parity"]["top1_agreement"] == 1.0
         assert arts[fmt]["host_latency"]["median_ms"] > 0

@@ -241,6 +241,7 @@ def test_prune_error_paths(capsys, tmp_path, small_ckpt, extra, needles):
     (["--formats", "tflite,tflite-int4"], ["tflite-int4", "tflite-int8"]),
     (["--formats", "tflite-int8"], ["--calib-data"]),
     (["--formats", "onnx", "--calib-data", "/no/such/dir"], ["/no/such/dir"]),
+    (["--int8-ptq", "cle,adarond"], ["--int8-ptq 'cle,adarond'", "'adaround'"]),
 ])
 def test_export_error_paths(capsys, tmp_path, ckpt, extra, needles):
     code, _, err = run(capsys, "export", ckpt, "--out", str(tmp_path / "b"), *extra)
