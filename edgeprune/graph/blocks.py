@@ -38,7 +38,11 @@ class BlockStructure:
 
 def residual_blocks(model: nn.Module, example_input: torch.Tensor) -> list[BlockStructure]:
     """The removable residual blocks of ``model`` (not modified), innermost first found, in
-    execution order."""
+    execution order. ``example_input`` gives the input's shape, dtype and device; the
+    experiment runs on seeded random values of that shape, because a degenerate input (all
+    zeros: a module whose output is then zero anyway) would pass any module as an identity."""
+    probe = torch.randn(example_input.shape, generator=torch.Generator().manual_seed(0)).to(
+        device=example_input.device, dtype=example_input.dtype)
     model = copy.deepcopy(model).eval()
     modules = dict(model.named_modules())
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -55,7 +59,7 @@ def residual_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block
     hooks = [m.register_forward_hook(hook(n)) for n, m in modules.items() if n]
     try:
         with torch.no_grad():
-            model(example_input)
+            model(probe)
     finally:
         for h in hooks:
             h.remove()

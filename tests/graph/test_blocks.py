@@ -14,7 +14,7 @@ from edgeprune.models import create
 from edgeprune.models.removed import RemovedBlock
 from edgeprune.models.resnet import BasicBlock
 from edgeprune.pruning.cost import MacsCost
-from tests.nets import randomize_bn
+from tests.nets import TinyNet, randomize_bn
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -44,6 +44,15 @@ def test_a_zero_gated_block_is_removed_without_changing_the_output():
         with torch.no_grad():
             assert torch.equal(model(X), removed(X)), arch
         assert removed_under(removed, blocks[0].layers[0]) and not removed_under(model, blocks[0].layers[0])
+
+
+def test_a_zero_example_input_finds_no_false_blocks():
+    """All-zero inputs make every module output zero, so zeroing a BatchNorm "keeps" the
+    input: the experiment runs on seeded random values of the example's shape instead (a
+    profile built with a zero example once found TinyNet's dw and pw as blocks)."""
+    model = TinyNet(width=16)
+    assert residual_blocks(model, torch.zeros(1, 3, 32, 32)) == []
+    assert len(residual_blocks(create("resnet20"), torch.zeros(1, 3, 32, 32))) == 7
 
 
 def test_a_block_whose_input_can_be_negative_is_not_removable():
