@@ -93,10 +93,12 @@ def prepare_int8(model: nn.Module, images: torch.Tensor, steps: Sequence[str], *
     if not ({"adaround", "bias_correction"} & set(steps)):
         return m, report
     ref = copy.deepcopy(m)  # the float model whose layer outputs are the target
+    sim = copy.deepcopy(m)  # the layers done so far with their int8 weights: what the int8 model feeds on
+    sim_layers = dict(sim.named_modules())
     gen = torch.Generator().manual_seed(seed)
     before, after = [], []
     for k, (name, layer) in enumerate(layers):
-        x = _capture(m, layer, images, "input")  # from the layers already rounded/corrected
+        x = _capture(sim, sim_layers[name], images, "input")  # from the layers already rounded/corrected
         y = _capture(ref, dict(ref.named_modules())[name], images, "output")
         with torch.no_grad():
             before.append(_rel_error(_forward(layer, x, quantize_weight(layer.weight)), y))
@@ -110,6 +112,9 @@ def prepare_int8(model: nn.Module, images: torch.Tensor, steps: Sequence[str], *
                     layer.bias = nn.Parameter(torch.zeros_like(shift), requires_grad=False)
                 layer.bias.add_(shift)
             after.append(_rel_error(_forward(layer, x, quantize_weight(layer.weight)), y))
+            sim_layers[name].weight.copy_(quantize_weight(layer.weight))
+            if layer.bias is not None:
+                sim_layers[name].bias = nn.Parameter(layer.bias.clone(), requires_grad=False)
         if on_layer is not None:
             on_layer(k + 1, len(layers))
     return m, PTQReport(steps, len(images), pairs, len(layers),
