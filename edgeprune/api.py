@@ -222,7 +222,7 @@ def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | Non
     from edgeprune.graph import WidthMap, group_structure
     from edgeprune.graph.blocks import residual_blocks
     from edgeprune.pruning.config import PruneConfig
-    from edgeprune.pruning.select import width_floor
+    from edgeprune.pruning.select import check_blockless_cost, width_floor
     from edgeprune.targets import load_target
 
     config = PruneConfig() if config is None else config
@@ -239,13 +239,9 @@ def budget_range(model: nn.Module, *, target: str | Target, data: Iterable | Non
     floor = width_floor({g.name: g.width for g in groups}, round_to=round_to,
                         min_width=config.min_width or round_to)
     smallest = cost(widthmap({**floor, **{b.name: 0 for b in blocks}}))
-    if blocks and smallest <= 0:
-        raise ProfileError(
-            f"the profile predicts {smallest:.4g} {cost.unit} for the network with all {len(blocks)} "
-            "removable residual blocks removed: it has not seen networks without blocks (made before "
-            "edgeprune calibrated one); re-profile the model (edgeprune profile), or pass "
-            "PruneConfig(remove_blocks=False) for the channel-pruning range")
-    return BudgetRange(cost(widthmap({})), smallest, cost.unit, cost(widthmap(floor)))
+    channel_floor = cost(widthmap(floor))
+    check_blockless_cost(smallest, cost.unit, len(blocks), channel_floor)
+    return BudgetRange(cost(widthmap({})), smallest, cost.unit, channel_floor)
 
 
 def export(model: nn.Module, out_dir: str | os.PathLike, *, data: Iterable | None = None,

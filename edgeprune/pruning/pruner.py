@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.data import input_of
-from edgeprune.errors import ConfigError, DataError, EdgepruneError, ProfileError
+from edgeprune.errors import ConfigError, DataError, EdgepruneError
 from edgeprune.graph.blocks import BlockStructure, remove_blocks, residual_blocks
 from edgeprune.graph.groups import GroupStructure, group_structure
 from edgeprune.graph.layers import model_macs
@@ -75,7 +75,7 @@ from edgeprune.pruning.gates import BlockGate, GroupGates, gates_of
 from edgeprune.pruning.ista import group_soft_threshold
 from edgeprune.pruning.losses import attention_loss, kd_loss, mutual_loss
 from edgeprune.pruning.result import PruneResult
-from edgeprune.pruning.select import select_channels, width_floor
+from edgeprune.pruning.select import check_blockless_cost, select_channels, width_floor
 from edgeprune.types import Progress
 
 log = logging.getLogger(__name__)
@@ -335,14 +335,8 @@ class Pruner:
         smallest = self._cost_of(self._floor())
         self.floor_cost = smallest
         unit = self.cost.unit
-        if self._blocks_eligible() and smallest <= 0:
-            raise ProfileError(
-                f"the cost model predicts {smallest:.4g} {unit} for the network with all "
-                f"{len(self.blocks)} removable residual blocks removed: it has not seen networks "
-                "without blocks (a latency profile made before edgeprune calibrated one); re-profile "
-                "the model (edgeprune profile), or keep its blocks (remove_blocks=False; CLI: "
-                "--no-remove-blocks) with a budget of at least the channel floor "
-                f"{self.channel_floor:.4g} {unit}")
+        if self._blocks_eligible():
+            check_blockless_cost(smallest, unit, len(self.blocks), self.channel_floor)
         if self.budget < smallest:
             blocks = (f", its {len(self.blocks)} removable residual blocks removed" if self.blocks
                       else ", the model has no removable residual block" if cfg.remove_blocks is not False

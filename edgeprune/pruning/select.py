@@ -23,13 +23,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.errors import ConfigError
+from edgeprune.errors import ConfigError, ProfileError
 
 
 def width_floor(widths: Mapping[str, int], *, round_to: int, min_width: int) -> dict[str, int]:
     """The narrowest each group may become: ``max(min_width, round_to)`` channels, or its
     whole width when it is already narrower."""
     return {g: min(n, max(min_width, round_to)) for g, n in widths.items()}
+
+
+def check_blockless_cost(cost: float, unit: str, blocks: int, channel_floor: float) -> None:
+    """Refuse a cost model that prices the network with all ``blocks`` removable residual
+    blocks removed at ``cost`` <= 0: a latency profile made before edgeprune calibrated a
+    network without blocks extrapolates there (the committed ResNet-20 profile once said
+    -0.0009 ms)."""
+    if blocks and cost <= 0:
+        raise ProfileError(
+            f"the cost model predicts {cost:.4g} {unit} for the network with all {blocks} removable "
+            "residual blocks removed: it has not seen networks without blocks (a latency profile made "
+            "before edgeprune calibrated one); re-profile the model (edgeprune profile), or keep its "
+            "blocks (remove_blocks=False; CLI: --no-remove-blocks) with a budget of at least the "
+            f"channel floor {channel_floor:.4g} {unit}")
 
 
 @dataclass(frozen=True)
