@@ -94,12 +94,12 @@ def prepare_int8(model: nn.Module, images: torch.Tensor, steps: Sequence[str], *
         return m, report
     ref = copy.deepcopy(m)  # the float model whose layer outputs are the target
     sim = copy.deepcopy(m)  # the layers done so far with their int8 weights: what the int8 model feeds on
-    sim_layers = dict(sim.named_modules())
+    sim_layers, ref_layers = dict(sim.named_modules()), dict(ref.named_modules())
     gen = torch.Generator().manual_seed(seed)
     before, after = [], []
     for k, (name, layer) in enumerate(layers):
         x = _capture(sim, sim_layers[name], images, "input")  # from the layers already rounded/corrected
-        y = _capture(ref, dict(ref.named_modules())[name], images, "output")
+        y = _capture(ref, ref_layers[name], images, "output")
         with torch.no_grad():
             before.append(_rel_error(_forward(layer, x, quantize_weight(layer.weight)), y))
             if "adaround" in steps:
@@ -140,8 +140,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     m = copy.deepcopy(model).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
     gm = _trace(m)
     mods = dict(m.named_modules())
     for node in gm.graph.nodes:
@@ -152,7 +150,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             conv, bn = mods[node.target], mods[users[0].target]
             m.set_submodule(node.target, fuse_conv_bn_eval(conv, bn))
             m.set_submodule(users[0].target, nn.Identity())
-    for p in m.parameters():
+    for p in m.parameters():  # fuse_conv_bn_eval's new parameters included
         p.requires_grad_(False)
     return m
 
