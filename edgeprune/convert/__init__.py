@@ -6,7 +6,7 @@ and leaves no file. coremltools is optional: :func:`to_coreml` imports it when c
 """
 
 from edgeprune.convert.onnx import to_onnx
-from edgeprune.convert.tflite import tflite_op_names, to_tflite, to_tflite_int8
+from edgeprune.convert.tflite import simulate_int8, tflite_op_names, to_tflite, to_tflite_int8
 
 
 def to_coreml(*args, **kwargs):
@@ -16,4 +16,4 @@ def to_coreml(*args, **kwargs):
     return convert(*args, **kwargs)
 
 
-__all__ = ["tflite_op_names", "to_coreml", "to_onnx", "to_tflite", "to_tflite_int8"]
+__all__ = ["simulate_int8", "tflite_op_names", "to_coreml", "to_onnx", "to_tflite", "to_tflite_int8"]

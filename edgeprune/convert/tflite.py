@@ -3,9 +3,10 @@ TRANSPOSE (``to_channel_last_io`` folds the layout change into the converted gra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,12 +105,54 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
     ``ptq_images`` calibration images (``"cle"``, ``"adaround"``, ``"bias_correction"``; see
     :mod:`edgeprune.convert.ptq`).
     """
+    quantized, quantizer, nhwc = _quantize_pt2e(model, example_input, calibration, min_images=min_images,
+                                                max_images=max_images, logits=logits, ptq=ptq,
+                                                ptq_images=ptq_images)
+    import litert_torch  # importable: _quantize_pt2e checked
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    path = Path(path)
+    with _quiet_converter(), atomic_path(path) as tmp:
+        try:
+            edge = litert_torch.convert(quantized, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            edge.export(str(tmp))
+        except Exception as e:
+            raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
+        _check_no_transpose(tmp)
+    return path
+
+
+def simulate_int8(model: nn.Module, example_input: torch.Tensor, calibration: Iterable, *,
+                  min_images: int = 100, max_images: int = 1000, logits: str = "top2",
+                  ptq: Sequence[str] = (), ptq_images: int = 256,
+                  weights: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The int8 model :func:`to_tflite_int8` converts (same quantizer, calibration and
+    ``logits`` range), run in PyTorch with quantize/dequantize steps instead of integer
+    kernels: a function of a batch of normalised NCHW inputs. It approximates the runtime (its
+    rounding and requantization differ), which :mod:`edgeprune.validation` measures instead; it
+    serves to find where the int8 error comes from. ``weights=False`` leaves the weights in
+    float, so only activations are rounded."""
+    quantized, _, _ = _quantize_pt2e(model, example_input, calibration, min_images=min_images,
+                                     max_images=max_images, logits=logits, ptq=ptq, ptq_images=ptq_images,
+                                     weights=weights)
+
+    def run(x: torch.Tensor) -> torch.Tensor:  # the exported graph has batch size 1
+        with torch.no_grad():
+            return torch.cat([quantized(x[i:i + 1].permute(0, 2, 3, 1).contiguous()) for i in range(len(x))])
+
+    return run
+
+
+def _quantize_pt2e(model: nn.Module, example_input: torch.Tensor, calibration: Iterable, *,
+                   min_images: int, max_images: int, logits: str, ptq: Sequence[str], ptq_images: int,
+                   weights: bool = True) -> tuple[torch.fx.GraphModule, object, torch.Tensor]:
+    """(the calibrated PT2E model with quantize/dequantize nodes, its quantizer, the NHWC
+    example input): what litert-torch converts to full int8."""
     check_int8_logits(logits)
     ptq = check_ptq_steps(ptq)
     try:
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer
-        from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e import quantize_pt2e
     except ImportError as e:
         raise MissingDependencyError("litert-torch (with torchao) is not installed; pip install edgeprune") from e
@@ -122,12 +165,13 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
     if ptq:
         model, _ = prepare_int8(model, images[:ptq_images], ptq)
     wrapped, nhwc = _channel_last(litert_torch, model, example_input)
-    path = Path(path)
     with _quiet_converter():
         try:
             graph = torch.export.export(wrapped, (nhwc,)).module()
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+            config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+            if not weights:
+                config = dataclasses.replace(config, weight=None)
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
             observed = quantize_pt2e.prepare_pt2e(graph, quantizer)
         except Exception as e:  # the exporter raises many types; all mean "could not convert"
             raise ExportError(f"int8 preparation failed for {type(model).__name__}: {e}") from e
@@ -139,15 +183,11 @@ def to_tflite_int8(model: nn.Module, path: str | os.PathLike, example_input: tor
                     top2.append(_top2(out))
         if logits == "top2":
             _set_output_range(observed, torch.stack(top2))
-        with atomic_path(path) as tmp:
-            try:
-                quantized = quantize_pt2e.convert_pt2e(observed, fold_quantize=False)
-                edge = litert_torch.convert(quantized, (nhwc,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-                edge.export(str(tmp))
-            except Exception as e:
-                raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
-            _check_no_transpose(tmp)
-    return path
+        try:
+            quantized = quantize_pt2e.convert_pt2e(observed, fold_quantize=False)
+        except Exception as e:
+            raise ExportError(f"int8 conversion failed for {type(model).__name__}: {e}") from e
+    return quantized, quantizer, nhwc
 
 
 def _calibration_images(calibration: Iterable, shape: tuple[int, ...], max_images: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from edgeprune import models
 from edgeprune.bundle import ExportConfig
-from edgeprune.convert import to_tflite_int8
+from edgeprune.convert import simulate_int8, to_tflite_int8
 from edgeprune.convert.ptq import (
     _pairs,
     check_ptq_steps,
@@ -107,6 +107,25 @@ def test_the_int8_model_is_converted_from_the_prepared_model(tmp_path):
     span = ref.max() - ref.min()
     assert np.abs(got - ref).max() < 0.1 * span  # int8: close, not equal
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+def test_the_int8_simulation_is_the_converted_model_and_can_keep_float_weights(tmp_path):
+    """simulate_int8 runs in PyTorch what to_tflite_int8 converts: the runtime's outputs are
+    the simulation's (the same int8 level, or the next one where the integer kernels round
+    differently); with weights=False only activations are rounded, and the error is smaller."""
+    model = _vgg_like()
+    calib = [X[i:i + 16] for i in range(0, 48, 16)]
+    sess = open_session(to_tflite_int8(model, tmp_path / "m.tflite", X[:1], calib, min_images=48, logits="full"))
+    got = sess.run_batched(X.numpy())
+    sim = simulate_int8(model, X[:1], calib, min_images=48, logits="full")(X).numpy()
+    acts = simulate_int8(model, X[:1], calib, min_images=48, logits="full", weights=False)(X).numpy()
+    with torch.no_grad():
+        ref = model(X).numpy()
+    step = sess.output_quantization[0]
+    assert (got == sim).mean() >= 0.9 and np.abs(got - sim).max() <= 1.01 * step
+    assert np.abs(got - ref).max() > step  # int8 is not float: the comparison above can fail
+    assert not np.array_equal(acts, sim)
+    assert ((acts - ref) ** 2).mean() < ((sim - ref) ** 2).mean()
 
 
 def test_ptq_step_names_are_checked():
