@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'model':22} {'range':5} {'ptq':32} {'images':>6} {'agree':>7} {'flips':>5} {'top1':>7} {'ref':>7} "
           f"{'out scale':>9} {'SQNR dB':>7} {'export s':>8}")
+    head = {
+        "what": "full-int8 TFLite with the output range over all calibration logits (full) or over the "
+                "deciding ones (top2), after label-free PTQ steps (int8_ptq; [] = plain calibration), "
+                "validated on the host runtime against PyTorch",
+        "host": host_identity(), "calibration_images": a.calib_images}
     for ck in ckpts:
         model, spec, calib, test = load_with_data(ck, a.calib_images, a.images, split=a.split)
         name = ck.parent.name if ck.name == "model.safetensors" else ck.stem
@@ -85,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:22} {rng:5} {','.join(ptq) or 'none':32} {c.images:6d} {100 * c.top1_agreement:6.2f}% "
                   f"{flips:5d} {100 * c.top1:6.2f}% {100 * c.reference_top1:6.2f}% {q['scale']:9.4f} "
                   f"{c.sqnr_db:7.1f} {export_s:8.0f}", flush=True)
-    write_json(a.out, _merge(Path(a.out), rows, {
-        "what": "full-int8 TFLite with the output range over all calibration logits (full) or over the "
-                "deciding ones (top2), after label-free PTQ steps (int8_ptq; [] = plain calibration), "
-                "validated on the host runtime against PyTorch",
-        "host": host_identity(), "calibration_images": a.calib_images}))
+        write_json(a.out, _merge(Path(a.out), rows, head))  # after each model: a killed run keeps them
     print(f"\nwrote {a.out}")
     return 0
 

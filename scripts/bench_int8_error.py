@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'model':34} {'ptq':12} {'variant':11} {'images':>6} {'flips':>5} {'margin err std':>14} "
           f"{'p99 |err|':>9} {'top1':>7} {'ref':>7} {'max fp32 margin of a flip':>25}")
+    head = {
+        "what": "int8 disagreement split by source: the int8 model simulated in PyTorch "
+                "(edgeprune.convert.simulate_int8, top-2 output range) with only weights, only "
+                "activations, or both rounded, against the float model",
+        "host": host_identity(), "calibration_images": a.calib_images}
     for ck in ckpts:
         model, spec, calib, held = load_with_data(ck, a.calib_images, a.images, split=a.split)
         name = ck.parent.name if ck.name == "model.safetensors" else ck.stem
@@ -87,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['margin_error_std']:14.4f} {r['margin_error_p99']:9.3f} {100 * r['top1']:6.2f}% "
                       f"{100 * r['reference_top1']:6.2f}% {r['max_fp32_margin_of_a_flip'] or 0:25.3f}", flush=True)
             rows[-1]["seconds_for_three_variants"] = round(time.perf_counter() - t0, 1)
-    write_json(a.out, _merge(Path(a.out), rows, {
-        "what": "int8 disagreement split by source: the int8 model simulated in PyTorch "
-                "(edgeprune.convert.simulate_int8, top-2 output range) with only weights, only "
-                "activations, or both rounded, against the float model",
-        "host": host_identity(), "calibration_images": a.calib_images}))
+        write_json(a.out, _merge(Path(a.out), rows, head))  # after each model: a killed run keeps them
     print(f"\nwrote {a.out}")
     return 0
 

@@ -305,7 +305,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         cfg = ExportConfig(formats=formats, calibration_images=a.calib_images,
                            coreml_precision=a.coreml_precision, int8_logits=a.int8_logits, int8_ptq=ptq)
     except ConfigError as e:
-        raise ConfigError(f"--formats {a.formats!r} --int8-ptq {a.int8_ptq!r}: {e}") from None
+        given = f" --int8-ptq {a.int8_ptq!r}" if a.int8_ptq is not None else ""
+        raise ConfigError(f"--formats {a.formats!r}{given}: {e}") from None
     model = edgeprune.load(a.checkpoint)
     spec = model.edgeprune_spec.input
     calib = None

@@ -61,11 +61,6 @@ class PTQReport:
     rel_error_before: float | None = None
     rel_error_after: float | None = None
 
-    def to_dict(self) -> dict:
-        return {"steps": list(self.steps), "images": self.images, "equalized_pairs": self.equalized_pairs,
-                "layers": self.layers, "rel_error_before": self.rel_error_before,
-                "rel_error_after": self.rel_error_after}
-
 
 def check_ptq_steps(steps: Sequence[str], name: str = "ptq") -> tuple[str, ...]:
     """``steps`` as a tuple in the order they run; raise on an unknown or repeated name."""

@@ -246,6 +246,7 @@ def test_prune_error_paths(capsys, tmp_path, small_ckpt, extra, needles):
 def test_export_error_paths(capsys, tmp_path, ckpt, extra, needles):
     code, _, err = run(capsys, "export", ckpt, "--out", str(tmp_path / "b"), *extra)
     assert_one_line_error(code, err, *needles)
+    assert "None" not in err  # a flag the user did not give is not echoed
     assert not (tmp_path / "b" / "model.json").exists()
 
 
