@@ -19,8 +19,8 @@ latency), every method prunes the same teacher:
   **without labels** by distillation from the teacher for the same epochs (what edgeprune's
   training adds over "prune, then distill").
 
-``--ablations`` adds edgeprune's switches at 0.5x. ``--seeds`` repeats edgeprune and the best
-Torch-Pruning variant. Every choice is made on the ``val`` split; the test split is read once
+``--ablations`` adds edgeprune's switches at 0.5x (at every budget when --budgets is
+given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is made on the ``val`` split; the test split is read once
 per row, for the table. All artifacts of one invocation are timed together, interleaved with the
 baseline, in ``--rounds`` rounds (the median of round values). Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
@@ -69,6 +69,7 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: MACs cost": {},  # pruned on the macs target instead of the latency table
     "edgeprune: + BN recalibration": {"bn_recalibration": 50},  # an option, kept if val says so
     "edgeprune: + block removal": {"remove_blocks": True},  # the default uses it only below the floor
+    "edgeprune: global importance": {"importance": "global"},  # one normaliser instead of one per group
 }
 RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
 MATCH = 1.03  # a peer's measured ratio may exceed the budget by at most 3%
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="fractions of the measured baseline (default: per model, see BUDGETS)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--ablations", nargs="*", default=None, choices=list(ABLATIONS), metavar="NAME",
-                    help="edgeprune's switches at 0.5x: all, or only those named")
+                    help="edgeprune's switches at 0.5x (or at every --budgets given): all, or only those named")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="seeds for edgeprune and the best Torch-Pruning variant (others: the first)")
     ap.add_argument("--epochs", type=int, default=8, help="edgeprune's epochs = the peers' fine-tuning")
@@ -171,7 +172,7 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
             first = seed == a.seeds[0]
             if "edgeprune" in a.methods:
                 pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
-            if first and a.ablations is not None and r == 0.5:
+            if first and a.ablations is not None and (r == 0.5 or a.budgets is not None):
                 for label in a.ablations or ABLATIONS:
                     pending.append(_edgeprune(cx, r, seed, ABLATIONS[label], label))
             best = _best(tp_models)

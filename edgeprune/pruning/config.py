@@ -11,6 +11,7 @@ from edgeprune._config import config_from_dict, config_to_dict
 from edgeprune.errors import ConfigError
 
 RAMPS = ("cubic", "exponential", "linear")
+IMPORTANCE = ("group", "global")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class PruneConfig:
     mutual_learning: bool = True
     latency_weighting: bool = True
     dynamic_set: bool = True
+    # how Taylor scores are made comparable across layers before selection: "group" (mean 1
+    # per channel group) or "global" (one mean for all: raw first-order loss changes)
+    importance: str = "group"
     # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
     bn_recalibration: int = 0
     # whole residual blocks as removable units (None: only while the budget is below the
@@ -119,6 +123,8 @@ class PruneConfig:
                 raise bad(name, "a finite number >= 0")
         if not 0 <= self.ema < 1:
             raise bad("ema", "0 <= ema < 1")
+        if self.importance not in IMPORTANCE:
+            raise bad("importance", f"one of {IMPORTANCE}")
         if self.ramp not in RAMPS:
             raise bad("ramp", f"one of {RAMPS}")
         if not 0 < self.ramp_end <= self.select_until <= 1:

@@ -192,8 +192,9 @@ class _Student:
     expected-sparse set E_t. ``groups``: channel groups and removable blocks (a block is a
     group of one unit). ``teacher_gates``: the teacher's gates of the same groups, the
     reference values for scoring and for restoring a channel that leaves E_t dead.
-    ``norm_of[i]``: the group whose mean score normalises group i's (itself, or for a block
-    the channel group holding its gate BatchNorm)."""
+    ``norm_of[i]``: the groups whose mean score normalises group i's (PruneConfig.importance
+    "group": itself, or for a block the channel group holding its gate BatchNorm; "global":
+    every channel group)."""
 
     def __init__(self, model: nn.Module, groups: Sequence[GroupStructure | BlockStructure],
                  cfg: PruneConfig, teacher_gates: Sequence[GroupGates | BlockGate],
@@ -226,11 +227,17 @@ class _Student:
         self.seen += 1
 
     def normalised_sensitivity(self) -> list[np.ndarray]:
-        """Per-group normalisation (mean 1 in each group), so layers of different gradient
-        scale compare (Molchanov et al. normalise per layer). A block's score is divided by
-        the mean of the channel group its gate BatchNorm belongs to: removing the block then
-        costs as much as removing that many of the group's average channels."""
-        return [s / max(float(self.sens[j].mean()), 1e-30) for s, j in zip(self.sens, self.norm_of, strict=True)]
+        """Each group's scores divided by the mean score of its ``norm_of`` groups. Per group
+        (the default), every group has mean 1, so layers of different gradient scale compare
+        (Molchanov et al. normalise per layer), and a block's score is divided by the mean of
+        the channel group its gate BatchNorm belongs to: removing the block then costs as much
+        as removing that many of the group's average channels. Global: one mean for all, so
+        the selection compares raw first-order loss changes across layers."""
+        means: dict[tuple[int, ...], float] = {}
+        for idx in self.norm_of:
+            if idx not in means:
+                means[idx] = max(float(np.concatenate([self.sens[j] for j in idx]).mean()), 1e-30)
+        return [s / means[idx] for s, idx in zip(self.sens, self.norm_of, strict=True)]
 
     def set_sparse(self, sparse: list[np.ndarray], *, regrow: bool) -> tuple[int, int]:
         """Make ``sparse`` the new E_t. A channel that leaves E_t stops being shrunk; one
@@ -438,16 +445,19 @@ class Pruner:
         (internal) budget is below what channel pruning alone reaches."""
         return bool(self.blocks) and (self.cfg.remove_blocks is True or self.budget < self.channel_floor)
 
-    def _normaliser(self, i: int) -> int:
-        """Index of the group whose mean score normalises group i's: itself for a channel
-        group; for a block, the channel group holding its gate BatchNorm (if none does, which
-        the graph does not produce for a ResNet or MobileNetV2 block, the block itself)."""
+    def _normaliser(self, i: int) -> tuple[int, ...]:
+        """Indices of the groups whose mean score normalises group i's. ``importance``
+        "global": every channel group. "group": itself for a channel group; for a block, the
+        channel group holding its gate BatchNorm (if none does, which the graph does not
+        produce for a ResNet or MobileNetV2 block, the block itself)."""
+        if self.cfg.importance == "global":
+            return tuple(range(len(self.channel_groups)))
         g = self.groups[i]
         if isinstance(g, BlockStructure):
             for j, h in enumerate(self.channel_groups):
                 if any(path == g.gate for path, _, _ in h.bns):
-                    return j
-        return i
+                    return (j,)
+        return (i,)
 
     def _lr(self, step: int) -> float:
         return self.phase.lr_at(step)

@@ -391,6 +391,38 @@ def test_a_dead_channel_that_is_kept_again_is_restored_to_the_teachers_gate():
     assert st.set_sparse([np.arange(g.width) for g in pr.groups], regrow=True) == (0, 0)
 
 
+@pytest.mark.parametrize("importance", ["group", "global"])
+def test_importance_normalises_per_group_or_once_for_all(importance):
+    """"group": every channel group's scores have mean 1, so a layer whose gradients are 10x
+    larger ranks the same; "global": one mean, so it ranks 10x higher (raw loss changes)."""
+    import dataclasses
+
+    from edgeprune.pruning.cost import MacsCost
+    from edgeprune.pruning.pruner import Pruner
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    cfg = dataclasses.replace(FAST, importance=importance)
+    pr = Pruner(model, cost=cost, budget=0.6 * cost.of_model(model), target="macs", round_to=1, config=cfg)
+    pr.prepare(random_batches()[:2], total_steps=FAST.steps)
+    st = pr.students[0]
+    rng = np.random.default_rng(0)
+    st.sens = [rng.uniform(0.5, 1.5, g.width) * (10.0 if i == 0 else 1.0) for i, g in enumerate(pr.groups)]
+    norm = st.normalised_sensitivity()
+    pr.close()
+    ratio = norm[0].mean() / norm[1].mean()
+    if importance == "group":
+        assert all(n.mean() == pytest.approx(1.0) for n in norm)
+    else:
+        assert ratio == pytest.approx(st.sens[0].mean() / st.sens[1].mean()) and ratio > 5
+        assert np.concatenate(norm).mean() == pytest.approx(1.0)
+
+
+def test_importance_must_be_known():
+    with pytest.raises(ConfigError, match="importance"):
+        PruneConfig(importance="layer")
+
+
 def test_batchnorm_recalibration_averages_the_statistics_of_the_given_batches():
     from edgeprune.pruning.pruner import recalibrate_batchnorm
 
