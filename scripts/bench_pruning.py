@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     ap.add_argument("--budgets", nargs="+", type=float, default=None,
                     help="fractions of the measured baseline (default: per model, see BUDGETS)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                    help="none given: only the --ablations")
     ap.add_argument("--ablations", nargs="*", default=None, choices=list(ABLATIONS), metavar="NAME",
                     help="edgeprune's switches at 0.5x (or at every --budgets given): all, or only those named")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
