@@ -20,9 +20,10 @@ latency), every method prunes the same teacher:
   training adds over "prune, then distill").
 
 ``--ablations`` adds edgeprune's switches at 0.5x (at every budget when --budgets is
-given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is made on the ``val`` split; the test split is read once
-per row, for the table. All artifacts of one invocation are timed together, interleaved with the
-baseline, in ``--rounds`` rounds (the median of round values). Rows merge into
+given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
+made on the ``val`` split; the test split is read once per row, for the table. All
+artifacts of one invocation are timed together, interleaved with the baseline, in
+``--rounds`` rounds (the median of round values). Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
 
     python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
