@@ -156,17 +156,18 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
                    config=config, measure=measure, on_progress=on_progress)
 
 
-VERIFY_TIMING_ROUNDS = 3  # runs of the target's timing protocol per closed-loop measurement
+VERIFY_TIMING_ROUNDS = 5  # runs of the target's timing protocol per closed-loop measurement
 
 
 def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, int], work: str, *,
                             budget_ms: float | None, budget_ratio: float | None
-                            ) -> Callable[[nn.Module], tuple[float, float]]:
-    """``measure(pruned) -> (measured ms, budget ms)`` on ``t``: for a ratio budget the pruned
-    model is timed interleaved with the baseline (converted once) and the budget is the ratio
-    of the baseline measured in that same run, so drift on the machine hits both alike. Each
-    is the median of ``VERIFY_TIMING_ROUNDS`` runs of the target's protocol: one run of it
-    (3 passes) moved by about 10% on a noisy host, and the loop acts on the number."""
+                            ) -> Callable[[nn.Module], tuple[float, float, list[tuple[float, float]]]]:
+    """``measure(pruned) -> (measured ms, budget ms, each run's (ms, budget ms))`` on ``t``:
+    for a ratio budget the pruned model is timed interleaved with the baseline (converted
+    once) and the budget is the ratio of the baseline measured in that same run, so drift on
+    the machine hits both alike. The numbers are the medians of ``VERIFY_TIMING_ROUNDS`` runs
+    of the target's protocol (one run of it moved by about 10% on a noisy host); the pruner
+    acts on an excess only when every run shows it (``PruneConfig.verify_strict``)."""
     from pathlib import Path
 
     import torch
@@ -180,14 +181,14 @@ def _measure_against_budget(model: nn.Module, t: Target, shape: tuple[int, int, 
             if budget_ratio is not None else None)
     calls = [0]
 
-    def measure(pruned: nn.Module) -> tuple[float, float]:
+    def measure(pruned: nn.Module) -> tuple[float, float, list[tuple[float, float]]]:
         calls[0] += 1
         art = convert_for(pruned, t, Path(work) / f"pruned-{calls[0]}{suffix}", example)
-        arts = [art] if base is None else [base, art]
-        ms, _ = time_rounds(arts, t, VERIFY_TIMING_ROUNDS)
         if base is None:
-            return ms[0], float(budget_ms)  # type: ignore[arg-type]
-        return ms[1], budget_ratio * ms[0]  # type: ignore[operator]
+            ms, runs = time_rounds([art], t, VERIFY_TIMING_ROUNDS)
+            return ms[0], float(budget_ms), [(r[0], float(budget_ms)) for r in runs]  # type: ignore[arg-type]
+        ms, runs = time_rounds([base, art], t, VERIFY_TIMING_ROUNDS)
+        return ms[1], budget_ratio * ms[0], [(r[1], budget_ratio * r[0]) for r in runs]  # type: ignore[operator]
 
     return measure
 

@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--device", default=None, help="where pruning steps run: cpu (default) or cuda")
     pn.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                     help="time the pruned model on the target and keep pruning while it measures over "
-                         "the budget (default: on for a local target, off for macs and devices)")
+                         "the budget in every timing run (default: on for a local target, off for "
+                         "macs and devices; {\"verify_strict\": true} in --config acts on any excess)")
     pn.add_argument("--remove-blocks", action=argparse.BooleanOptionalAction, default=None,
                     help="let the pruner remove whole residual blocks (default: only when the budget "
                          "is below what channel pruning alone reaches)")

@@ -31,6 +31,11 @@ class PruneConfig:
     steps, at least 4 intervals), at most ``verify_rounds`` times. None: on for a local
     target that can be timed (host-litert, host-onnxruntime), off for the analytical
     ``macs`` target and for device targets (True measures through the device's agent).
+    A measurement made of several timing runs counts as over only when every run is over
+    (a sign test: a model that truly sits at the budget shows that with probability
+    2^-runs); a median over the budget that some runs do not show is within the
+    measurement's noise, is not acted on, and is said in ``notes``. ``verify_strict``
+    tightens on any median excess instead.
 
     ``remove_blocks`` lets the pruner remove whole residual blocks (a block whose branch
     output is driven to zero is an identity): True always, False never, None (default) only
@@ -79,6 +84,7 @@ class PruneConfig:
     verify_rounds: int = 3
     verify_steps: int | None = None
     verify_margin: float = 0.03
+    verify_strict: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, need: str) -> ConfigError:
@@ -99,6 +105,9 @@ class PruneConfig:
                       "true or false")
         if self.verify is not None and not isinstance(self.verify, bool):
             raise bad("verify", "None (on when the target can be timed here), true or false")
+        if not isinstance(self.verify_strict, bool):
+            raise bad("verify_strict", "true (tighten on any measured excess) or false (only on an "
+                      "excess every timing run shows)")
         if not isinstance(self.verify_margin, (int, float)) or not 0 <= self.verify_margin < 0.5:
             raise bad("verify_margin", "a fraction 0 <= margin < 0.5 (0.03 aims 3% under the budget)")
         for name in ("round_to", "min_width"):

@@ -130,6 +130,67 @@ def test_closed_loop_gives_up_after_its_rounds_and_says_so():
     assert any("over budget in measurement" in n or "below the smallest reachable" in n for n in res.notes)
 
 
+def _noisy_excess(budget: float) -> list[tuple[float, float]]:
+    """Five timing runs whose median is 2% over the budget but two of them under it."""
+    return [(f * budget, budget) for f in (1.05, 0.99, 1.02, 0.98, 1.03)]
+
+
+def test_closed_loop_does_not_act_on_an_excess_some_timing_runs_do_not_show():
+    """The median of five runs is 2% over, two runs are under: within the measurement's noise.
+    The loop stops after one measurement, says so in notes and the summary, and does not
+    call the model within the budget."""
+    from edgeprune.pruning.cost import MacsCost
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.6 * cost.of_model(model)
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+              config=FAST, measure=lambda m: (1.02 * budget, budget, _noisy_excess(budget)))
+    assert len(res.verify) == 1 and res.steps == FAST.steps
+    v = res.verify[0]
+    assert (v["timing_runs_over"], v["timing_runs"]) == (3, 5)
+    assert not res.within_budget and res.measured_ms == pytest.approx(1.02 * budget)
+    assert len(res.notes) == 1 and "3 of 5 timing runs" in res.notes[0] and "not tightened" in res.notes[0]
+    assert "over in 3 of 5 timing runs: noise" in str(res)
+    assert "| 3 of 5 |" in res.to_markdown()
+
+
+def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
+    from edgeprune.pruning.cost import MacsCost
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.6 * cost.of_model(model)
+    calls = []
+
+    def measure(pruned):
+        calls.append(pruned)
+        if len(calls) == 1:
+            return 1.02 * budget, budget, _noisy_excess(budget)
+        return 0.9 * budget, budget, [(0.9 * budget, budget)] * 5
+
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+              config=FAST.replace(verify_strict=True), measure=measure)
+    assert len(res.verify) == 2 and res.steps > FAST.steps
+    assert res.verify[1]["internal_budget"] == pytest.approx(
+        res.verify[0]["predicted"] * budget * 0.97 / (1.02 * budget))
+    assert res.within_budget and not res.notes
+
+
+def test_closed_loop_acts_when_every_timing_run_is_over():
+    from edgeprune.pruning.cost import MacsCost
+
+    model = small_cnn()
+    cost = MacsCost(model, (3, 16, 16))
+    budget = 0.6 * cost.of_model(model)
+    runs = [(f * budget, budget) for f in (1.01, 1.04, 1.02, 1.03, 1.02)]
+    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+              config=FAST.replace(verify_rounds=1), measure=lambda m: (1.02 * budget, budget, runs))
+    assert len(res.verify) == 2 and res.steps > FAST.steps
+    assert res.verify[0]["timing_runs_over"] == 5
+    assert any("over budget in measurement" in n for n in res.notes)
+
+
 def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_path):
     """A profile crafted to over-promise the savings of pruning (its remainder model makes a
     narrow ResNet-20 look much faster than it runs): pruned to 0.6x by that profile, the model
@@ -325,6 +386,7 @@ def test_labels_in_batches_are_ignored():
     ({"lambda_growth": 1.0}, "lambda_growth=1.0"),
     ({"feature_points": "layer1"}, "feature_points='layer1'"),
     ({"latency_weighting": "yes"}, "latency_weighting='yes'"),
+    ({"verify_strict": 1}, "verify_strict=1"),
 ])
 def test_config_validation(change, msg):
     with pytest.raises(ConfigError, match=msg):
