@@ -89,23 +89,32 @@ def test_prunes_toward_milliseconds_from_a_committed_latency_profile(tmp_path):
     assert "measured on host-litert" in str(res)
 
 
-def test_closed_loop_tightens_when_the_cost_model_under_predicts():
-    """A crafted measurement 60% above the prediction: the first result is over the budget,
-    so the internal budget drops by that excess (3% margin) and pruning continues until the
-    'measured' cost meets the budget; every round is recorded."""
+def _macs_case(fraction: float):
+    """small_cnn, its MACs cost and a budget of ``fraction`` of its MACs."""
     from edgeprune.pruning.cost import MacsCost
 
     model = small_cnn()
     cost = MacsCost(model, (3, 16, 16))
-    budget = 0.6 * cost.of_model(model)
+    return model, cost, fraction * cost.of_model(model)
+
+
+def _closed_loop(model, cost, budget, measure, config=FAST):
+    return run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
+               config=config, measure=measure)
+
+
+def test_closed_loop_tightens_when_the_cost_model_under_predicts():
+    """A crafted measurement 60% above the prediction: the first result is over the budget,
+    so the internal budget drops by that excess (3% margin) and pruning continues until the
+    'measured' cost meets the budget; every round is recorded."""
+    model, cost, budget = _macs_case(0.6)
     calls = []
 
     def measure(pruned):
         calls.append(pruned)
         return 1.6 * cost.of_model(pruned), budget
 
-    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
-              config=FAST, measure=measure)
+    res = _closed_loop(model, cost, budget, measure)
     v = res.verify
     assert len(v) >= 2 and len(calls) == len(v)
     assert v[0]["measured_ms"] > budget and v[0]["internal_budget"] == pytest.approx(budget)
@@ -119,13 +128,8 @@ def test_closed_loop_tightens_when_the_cost_model_under_predicts():
 
 
 def test_closed_loop_gives_up_after_its_rounds_and_says_so():
-    from edgeprune.pruning.cost import MacsCost
-
-    model = small_cnn()
-    cost = MacsCost(model, (3, 16, 16))
-    budget = 0.8 * cost.of_model(model)
-    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
-              config=FAST.replace(verify_rounds=1), measure=lambda m: (10 * budget, budget))
+    model, cost, budget = _macs_case(0.8)
+    res = _closed_loop(model, cost, budget, lambda m: (10 * budget, budget), FAST.replace(verify_rounds=1))
     assert len(res.verify) == 2 and not res.within_budget
     assert any("over budget in measurement" in n or "below the smallest reachable" in n for n in res.notes)
 
@@ -139,13 +143,8 @@ def test_closed_loop_does_not_act_on_an_excess_some_timing_runs_do_not_show():
     """The median of five runs is 2% over, two runs are under: within the measurement's noise.
     The loop stops after one measurement, says so in notes and the summary, and does not
     call the model within the budget."""
-    from edgeprune.pruning.cost import MacsCost
-
-    model = small_cnn()
-    cost = MacsCost(model, (3, 16, 16))
-    budget = 0.6 * cost.of_model(model)
-    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
-              config=FAST, measure=lambda m: (1.02 * budget, budget, _noisy_excess(budget)))
+    model, cost, budget = _macs_case(0.6)
+    res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, _noisy_excess(budget)))
     assert len(res.verify) == 1 and res.steps == FAST.steps
     v = res.verify[0]
     assert (v["timing_runs_over"], v["timing_runs"]) == (3, 5)
@@ -156,11 +155,7 @@ def test_closed_loop_does_not_act_on_an_excess_some_timing_runs_do_not_show():
 
 
 def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
-    from edgeprune.pruning.cost import MacsCost
-
-    model = small_cnn()
-    cost = MacsCost(model, (3, 16, 16))
-    budget = 0.6 * cost.of_model(model)
+    model, cost, budget = _macs_case(0.6)
     calls = []
 
     def measure(pruned):
@@ -169,8 +164,7 @@ def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
             return 1.02 * budget, budget, _noisy_excess(budget)
         return 0.9 * budget, budget, [(0.9 * budget, budget)] * 5
 
-    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
-              config=FAST.replace(verify_strict=True), measure=measure)
+    res = _closed_loop(model, cost, budget, measure, FAST.replace(verify_strict=True))
     assert len(res.verify) == 2 and res.steps > FAST.steps
     assert res.verify[1]["internal_budget"] == pytest.approx(
         res.verify[0]["predicted"] * budget * 0.97 / (1.02 * budget))
@@ -178,14 +172,9 @@ def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
 
 
 def test_closed_loop_acts_when_every_timing_run_is_over():
-    from edgeprune.pruning.cost import MacsCost
-
-    model = small_cnn()
-    cost = MacsCost(model, (3, 16, 16))
-    budget = 0.6 * cost.of_model(model)
+    model, cost, budget = _macs_case(0.6)
     runs = [(f * budget, budget) for f in (1.01, 1.04, 1.02, 1.03, 1.02)]
-    res = run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
-              config=FAST.replace(verify_rounds=1), measure=lambda m: (1.02 * budget, budget, runs))
+    res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, runs), FAST.replace(verify_rounds=1))
     assert len(res.verify) == 2 and res.steps > FAST.steps
     assert res.verify[0]["timing_runs_over"] == 5
     assert any("over budget in measurement" in n for n in res.notes)
