@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": name, "target": target, "cold": cold, "warm": warm})
             print(f"{target:18} {name:12} cold {cold['build_s']:6.1f} s (convert {cold['convert_s']:6.1f}, "
                   f"measure {cold['measure_s']:5.1f})  warm {warm['build_s']:6.1f} s (convert "
-                  f"{warm['convert_s']:5.1f}, measure {warm['measure_s']:5.1f}), {cold['points']} points",
+                  f"{warm['convert_s']:5.1f}, measure {warm['measure_s']:5.1f}), {cold['points']} points, cold: "
+                  f"{cold['points_converted']} converted + {cold['templates_converted']} templates, "
+                  f"{cold['points_derived']} derived",
                   flush=True)
     out = Path(a.out)
     old = json.loads(out.read_text())["rows"] if out.is_file() else []
@@ -62,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         **provenance("profile_build", "bench_profile_build.py", argv),
         "method": "edgeprune.profile (default max_points, 2 converter processes, the target's "
                   "protocol) with an empty layer cache (cold), then again with that cache (warm); "
-                  "convert_s includes the 3 end-to-end calibration models, which are never cached",
+                  "on LiteRT most single-layer points are derived from one converted template per "
+                  "signature (points_derived; per row, not in rows older than 2026-12-03T10); "
+                  "convert_s includes the end-to-end calibration models (3, 4 with residual "
+                  "blocks), which are never cached",
         "rows": [r for r in old if (r["model"], r["target"]) not in keys] + rows,
     }
     write_json(out, doc)

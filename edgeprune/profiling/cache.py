@@ -5,8 +5,9 @@ signature (kind, kernel, stride, padding, dilation, input size), its widths, the
 precision it is converted for, and the converter's versions; not on the model that holds the
 layer, the target's threads or the device. So ResNet-20 and ResNet-56 (the same signatures),
 a re-profile, and the host and a Raspberry Pi on LiteRT (converted here, timed there) share
-one conversion. Converting dominates a LiteRT profile (litert-torch takes about a second per
-layer); timing is cheap.
+one conversion. Converting dominates a cold LiteRT profile (litert-torch takes about a
+second per layer, so most LiteRT points are derived from one converted template per
+signature: ``edgeprune.profiling.latency._make_points``); timing is cheap.
 
 The cache lives in ``$EDGEPRUNE_LAYER_CACHE``, else ``~/.cache/edgeprune/layer-models``. Files
 are written atomically (temp file, then rename), so concurrent profiles can share it; a file

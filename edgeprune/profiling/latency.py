@@ -191,7 +191,8 @@ class LatencyProfile:
                  f"{self.source})",
                  f"  host {self.host.get('cpu')} x{self.host.get('cores')}, built in {self.build_s:.0f} s"
                  + (f" (converting {self.build['convert_s']:.0f} s, measuring {self.build['measure_s']:.0f} s; "
-                    f"{self.build['points_from_layer_cache']} layer points from the cache)"
+                    f"{self.build['points_from_layer_cache']} layer points from the cache, "
+                    f"{self.build.get('points_derived', 0)} derived)"
                     if "convert_s" in self.build else ""),
                  f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
                  f"points, invoke overhead {self.overhead_ms:.4f} ms",
@@ -413,8 +414,10 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     slow, else 1); timing is always sequential. ``layer_cache``: where converted single-layer
     models are kept and reused (True: ``$EDGEPRUNE_LAYER_CACHE`` or
     ``~/.cache/edgeprune/layer-models``; a path; False: convert everything, keep nothing; see
-    :mod:`edgeprune.profiling.cache`). A device target is timed on the device through its
-    agent, and the agent's ``info`` is the profile's ``host``.
+    :mod:`edgeprune.profiling.cache`). On LiteRT most single-layer models are derived from one
+    converted template per signature, after a check against real conversions
+    (:func:`_make_points`). A device target is timed on the device through its agent, and
+    the agent's ``info`` is the profile's ``host``.
     """
     from edgeprune.profiling.cache import LayerCache, default_dir
 
@@ -479,7 +482,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     if blocks:
         calibrations.append((CALIBRATION_KEEP[-1], blocks))
     n_calib = len(calibrations)
-    total = 1 + len(to_convert) + passes * (1 + len(todo)) + n_calib * (1 + passes)
+    n_twins = len(_derivable(to_convert, t))  # one derived twin per derived signature is timed
+    total = 1 + _conversions_planned(to_convert, t, lcache) + passes * (1 + len(todo) + n_twins) \
+        + n_calib * (1 + passes)
     step = 0
 
     def tick(what: str) -> None:
@@ -496,21 +501,29 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
         tick("convert invoke-overhead probe")
 
-        # convert every missing point first (in parallel), then time them all in interleaved
-        # passes, so no conversion runs beside a timed run and drift hits all points alike
-        paths = _convert_points(to_convert, t, Path(d), workers,
-                                lambda k: tick(f"convert {k[0]} {k[1]}x{k[2]}"))
+        # convert (or derive) every missing point first (in parallel), then time them all in
+        # interleaved passes, so no conversion runs beside a timed run and drift hits all
+        # points alike; each derived signature's check point is also timed as a derived twin
+        made = _make_points(to_convert, t, Path(d), workers, lcache, tick)
+        total += len(made.twins) - n_twins  # a signature whose check failed has no twin
+        paths = made.paths
         if lcache is not None:
             paths = {k: lcache.put(*k, t, p) for k, p in paths.items()}
         paths.update(hits)
         convert_s += time.perf_counter() - c0
         keys = [(sig, ci, co) for sig, _, ci, co in todo]
+        twins = list(made.twins.items())
         m0 = time.perf_counter()
-        stats = time_artifacts([probe, *(paths[k] for k in keys)], t, device=device,
-                               on_pass=lambda i, n: tick(f"timing {i}/{n}"))
+        stats = time_artifacts([probe, *(paths[k] for k in keys), *(p for _, p in twins)], t,
+                               device=device, on_pass=lambda i, n: tick(f"timing {i}/{n}"))
         measure_s += time.perf_counter() - m0
         overhead = stats[0].median_ms
-        fresh = {k: max(0.0, st.median_ms - overhead) for k, st in zip(keys, stats[1:], strict=True)}
+        fresh = {k: max(0.0, st.median_ms - overhead)
+                 for k, st in zip(keys, stats[1:1 + len(keys)], strict=True)}
+        twin_check = [{"signature": k[0], "c_in": k[1], "c_out": k[2],
+                       "converted_ms": round(stats[1 + keys.index(k)].median_ms, 5),
+                       "derived_ms": round(st.median_ms, 5)}
+                      for (k, _), st in zip(twins, stats[1 + len(keys):], strict=True)]
         points = {**fresh, **cached}  # a probe point that is also a cached grid point: the table keeps it
         tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
                                   tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
@@ -554,7 +567,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         intercept, scale, tuple(calib), time.perf_counter() - t0,
         datetime.now(timezone.utc).isoformat(timespec="seconds"), __version__, "measured",
         {"convert_s": round(convert_s, 2), "measure_s": round(measure_s, 2),
-         "points_converted": len(to_convert), "points_from_layer_cache": len(hits),
+         "points_converted": made.converted, "points_derived": made.derived,
+         "templates_converted": made.templates, "not_derived": made.not_derived,
+         "derived_check": twin_check, "points_from_layer_cache": len(hits),
          "points_from_profile_cache": len(cached),
          "points_timed": len(keys), "probe_points": sum(len(pts) for _, pts in probes.values())},
         steps=steps,
@@ -647,6 +662,122 @@ def _convert_points(todo: list[tuple[str, LayerUnit, int, int]], target: Target,
     if missing:
         raise ProfileError(f"converter workers exited cleanly but wrote no file for {missing[:3]}")
     return {k: v[3] for k, v in jobs.items()}
+
+
+# LiteRT single-layer points are derived from one converted template per signature (see
+# edgeprune.convert.tflite_resize): template widths are primes no other dimension of the layer
+# takes; a signature with fewer missing points than DERIVE_MIN is simply converted
+_TEMPLATE_WIDTHS = (13, 11, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71)
+DERIVE_MIN = 5
+Job = tuple[str, LayerUnit, int, int]
+
+
+def _derivable(todo: list[Job], t: Target) -> dict[str, list[Job]]:
+    """The signatures whose missing points are derived from a template, with their points
+    (LiteRT only: an ONNX single-layer export takes ~0.05 s, there is nothing to save)."""
+    if t.runtime != "litert":
+        return {}
+    by_sig: dict[str, list[Job]] = defaultdict(list)
+    for job in todo:
+        by_sig[job[0]].append(job)
+    return {sig: jobs for sig, jobs in by_sig.items() if len(jobs) >= DERIVE_MIN}
+
+
+def _template_widths(unit: LayerUnit) -> tuple[int, int]:
+    """(c_in, c_out) of ``unit``'s template: widths no other dimension of the converted graph
+    takes (map sizes with their padding, kernel, ranks), so each dimension equal to one is a
+    channel axis. A depthwise layer's c_out is 0 (it follows c_in)."""
+    taken = {1, 2, 3, 4, *unit.kernel, *unit.stride}
+    reach = 2 * max(unit.padding) + max(unit.kernel) + 1
+    for n in (*unit.in_hw, *unit.out_hw):
+        taken.update(range(n, n + reach))
+    free = [w for w in _TEMPLATE_WIDTHS if w not in taken]
+    return (free[0], 0) if unit.kind == "dwconv" else (free[0], free[1])
+
+
+def _conversions_planned(todo: list[Job], t: Target, lcache) -> int:
+    """Progress steps for making ``todo``: one per point (converted or derived) and one per
+    template not yet in the layer cache."""
+    templates = [(sig, *_template_widths(jobs[0][1])) for sig, jobs in _derivable(todo, t).items()]
+    return len(todo) + sum(1 for k in templates if lcache is None or lcache.get(*k, t) is None)
+
+
+@dataclass
+class _Made:
+    paths: dict[tuple[str, int, int], Path]  # every point of todo
+    converted: int  # points converted (derivation checks included; templates not)
+    derived: int
+    templates: int  # templates converted (not taken from the layer cache)
+    not_derived: list[str]  # derivable signatures whose check failed: converted instead
+    twins: dict[tuple[str, int, int], Path]  # per derived signature: its first check point, derived
+
+
+def _make_points(todo: list[Job], t: Target, d: Path, workers: int, lcache,
+                 tick: Callable[[str], None]) -> _Made:
+    """Files for every point of ``todo``. A signature with enough missing points (LiteRT) is
+    converted at its template widths and at its smallest and largest missing point; the two
+    are also derived from the template, and when both derived files have the structure of the
+    converted ones (:func:`tflite_structure`), the signature's other points are derived;
+    otherwise they are converted, and the signature is listed in ``not_derived``."""
+    from edgeprune.convert.tflite_resize import resize_tflite, tflite_structure
+    from edgeprune.errors import ExportError
+
+    plans = _derivable(todo, t)
+    suffix = ARTIFACT_SUFFIX[t.runtime]
+    direct = [job for job in todo if job[0] not in plans]
+    templates: list[Job] = []
+    derive: dict[str, tuple[tuple[str, int, int], Path | None, list[Job], list[Job]]] = {}
+    for sig, jobs in plans.items():
+        unit = jobs[0][1]
+        tkey = (sig, *_template_widths(unit))
+        widths = sorted(jobs, key=lambda j: (j[2], j[3]))
+        checks = [widths[0], widths[-1]]
+        tpl = lcache.get(*tkey, t) if lcache is not None else None
+        if tpl is None:
+            templates.append((sig, unit, tkey[1], tkey[2]))
+        direct += checks
+        derive[sig] = (tkey, tpl, checks, widths[1:-1])
+
+    def done(k: tuple[str, int, int]) -> None:
+        tick(f"convert {k[0]} {k[1]}x{k[2]}")
+
+    files = _convert_points(direct + templates, t, d, workers, done)
+    paths = {(sig, ci, co): files[(sig, ci, co)] for sig, _, ci, co in direct}
+    twins: dict[tuple[str, int, int], Path] = {}
+    fallback: list[Job] = []
+    not_derived: list[str] = []
+    n = 0
+    for sig, (tkey, tpl, checks, rest) in derive.items():
+        if tpl is None:
+            tpl = files[tkey] if lcache is None else lcache.put(*tkey, t, files[tkey])
+
+        def to(ci: int, co: int, tkey=tkey) -> dict[int, int]:
+            return {tkey[1]: ci} if tkey[2] == 0 else {tkey[1]: ci, tkey[2]: co}
+
+        derived_checks = []
+        try:
+            for _, _, ci, co in checks:
+                n += 1
+                out = resize_tflite(tpl, d / f"derived{n}{suffix}", to(ci, co))
+                if tflite_structure(out) != tflite_structure(paths[(sig, ci, co)]):
+                    raise ExportError(f"{sig} at {ci}x{co}: the derived graph differs from the converted one")
+                derived_checks.append(((sig, ci, co), out))
+        except ExportError:
+            fallback += rest
+            not_derived.append(sig)
+            continue
+        twins[derived_checks[0][0]] = derived_checks[0][1]
+        for _, _, ci, co in rest:
+            n += 1
+            paths[(sig, ci, co)] = resize_tflite(tpl, d / f"derived{n}{suffix}", to(ci, co))
+            tick(f"derive {sig} {ci}x{co}")
+    if fallback:
+        (d / "fallback").mkdir()
+        more = _convert_points(fallback, t, d / "fallback", workers, done)
+        paths.update(more)
+    return _Made(paths, converted=len(direct) + len(fallback),
+                 derived=len(todo) - len(direct) - len(fallback), templates=len(templates),
+                 not_derived=not_derived, twins=twins)
 
 
 _DONE = "edgeprune-converted "  # the worker's line for a finished job: this, then its key as JSON

@@ -465,3 +465,45 @@ def test_timing_cpus_pin_the_timing_loop_and_restore_the_affinity(tmp_path, monk
         monkeypatch.setenv(TIMING_CPUS_ENV, bad)
         with pytest.raises(ConfigError, match=TIMING_CPUS_ENV):
             time_artifact(path, load_target("host-onnxruntime"))
+
+
+def test_litert_points_are_derived_from_one_template_per_signature(tmp_path):
+    """On a cold layer cache, a LiteRT signature with enough missing points is converted at
+    its template widths and at its smallest and largest point, and the other points are
+    derived (edgeprune.convert.tflite_resize); each derived signature's check point is also
+    timed as a derived twin."""
+    torch.manual_seed(0)
+    cache = tmp_path / "layers"
+    prof = profile(randomize_bn(TinyNet(width=32)), target="host-litert", input_shape=SHAPE,
+                   max_points=2, layer_cache=cache)
+    b = prof.build
+    assert b["points_derived"] > b["points_converted"] > 0 and b["not_derived"] == []
+    assert b["points_converted"] + b["points_derived"] + b["points_from_layer_cache"] == b["points_timed"]
+    assert len(b["derived_check"]) == b["templates_converted"] >= 2  # the probed conv and dwconv
+    assert all(c["converted_ms"] > 0 and c["derived_ms"] > 0 for c in b["derived_check"])
+    # every timed point and every template is kept; a warm build derives nothing
+    assert len(list(cache.rglob("*.tflite"))) == b["points_timed"] + b["templates_converted"]
+    again = profile(randomize_bn(TinyNet(width=32)), target="host-litert", input_shape=SHAPE,
+                    max_points=2, layer_cache=cache)
+    assert (again.build["points_derived"], again.build["points_converted"]) == (0, 0)
+
+
+def test_a_signature_whose_derived_graph_differs_is_converted(tmp_path, monkeypatch):
+    from edgeprune.convert import tflite_resize
+    from edgeprune.graph.layers import LayerUnit
+    from edgeprune.profiling.latency import DERIVE_MIN, _make_points
+    from edgeprune.targets import load_target
+
+    u = LayerUnit(path="fc", kind="linear", signature="linear", c_in=64, c_out=10, in_hw=(1, 1),
+                  out_hw=(1, 1), kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                  fixed_in=False, fixed_out=True)
+    jobs = [("linear", u, 8 * (i + 1), 10) for i in range(DERIVE_MIN)]
+    seen = iter(range(1000))
+    monkeypatch.setattr(tflite_resize, "tflite_structure", lambda path: next(seen))  # never equal
+    ticks = []
+    made = _make_points(jobs, load_target("host-litert"), tmp_path, 1, None, ticks.append)
+    assert made.not_derived == ["linear"] and made.derived == 0 and made.twins == {}
+    assert made.converted == DERIVE_MIN and made.templates == 1
+    assert sorted(made.paths) == sorted((s, ci, co) for s, _, ci, co in jobs)
+    assert all(p.is_file() for p in made.paths.values())
+    assert len(ticks) == DERIVE_MIN + 1  # the planned steps: every point and the template
