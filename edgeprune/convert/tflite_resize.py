@@ -20,6 +20,7 @@ points, and converts them all when the two differ.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ from edgeprune.errors import ExportError
 _NUMPY = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_,
           7: np.int16, 9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
 _QUANT_ARRAYS = ("scale", "zeroPoint", "min", "max")
+
+
+def _integers(v: Any) -> set[int]:
+    """The integer values of an option field (a number or a list of them; bools and floats are
+    not widths)."""
+    vals = v.ravel().tolist() if isinstance(v, np.ndarray) else v if isinstance(v, list) else [v]
+    return {int(x) for x in vals if isinstance(x, (int, np.integer)) and not isinstance(x, bool)}
 
 
 def _schema():
@@ -58,16 +66,12 @@ def resize_tflite(src: str | os.PathLike, dst: str | os.PathLike, widths: Mappin
     model = _read(src)
     where = Path(src).name
     old = set(widths)
-    users: dict[int, int] = {}
+    users = Counter(t.buffer for g in model.subgraphs or [] for t in g.tensors or [])
     for g in model.subgraphs or []:
-        for t in g.tensors or []:
-            users[t.buffer] = users.get(t.buffer, 0) + 1
         for i, op in enumerate(g.operators or []):
             opts = vars(op.builtinOptions) if op.builtinOptions is not None else {}
             for k, v in opts.items():
-                vals = np.atleast_1d(np.asarray(v)).ravel() if isinstance(v, (int, list, np.ndarray)) \
-                    and not isinstance(v, bool) else []
-                if any(int(x) in old for x in vals if np.issubdtype(np.asarray(x).dtype, np.integer)):
+                if old & _integers(v):
                     raise ExportError(f"{where}: option {k} of operator {i} holds a template width; "
                                       "convert this layer directly")
     for g in model.subgraphs or []:
