@@ -110,3 +110,18 @@ def write_cifar10(folder, per_batch=4):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
     return folder
+
+
+def committed_profile_here(profile_path, tmp_path):
+    """A committed profile, its host rewritten to this machine's: for tests that only read
+    the tables (which machine they describe is the profile's own business, tested in
+    tests/profiling/test_profile.py). Returns the rewritten file's path."""
+    import json
+
+    from edgeprune.profiling.latency import host_identity
+
+    d = json.loads(profile_path.read_text())
+    d["host"] = host_identity()
+    out = tmp_path / f"here-{profile_path.parent.name}-{profile_path.name}"
+    out.write_text(json.dumps(d))
+    return out

@@ -16,7 +16,8 @@ NOISE = ("Warning", "WARNING", "INFO:", "I0000", "W1201", "Failed to load", "Tra
 
 def _foreign(path: Path, out: Path) -> None:
     d = json.loads(path.read_text())
-    d["host"] = {**d["host"], "cpu": "Intel(R) Xeon(R) Imaginary CPU @ 2.00GHz"}
+    d["host"] = {**d["host"], "cpu": "Intel(R) Xeon(R) Imaginary CPU @ 2.00GHz",
+                 "cpu_id": "GenuineIntel family 6 model 85 stepping 7", "isa": ["avx", "avx2", "fma"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(d))
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from edgeprune._io import write_json
+from edgeprune.agent import cpu_identity
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.blocks import remove_blocks, removed_under, residual_blocks
 from edgeprune.graph.layers import LayerUnit, layer_units
@@ -57,21 +58,14 @@ CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 
 
 def host_identity() -> dict[str, Any]:
-    """This machine as a profile records it: CPU model, cores, architecture, OS, hostname."""
+    """This machine as a profile records it: CPU model name, id and kernel instruction sets
+    (:func:`edgeprune.agent.cpu_identity`), cores, architecture, OS, hostname."""
     return dict(_host_identity())
 
 
 @functools.lru_cache(maxsize=1)
 def _host_identity() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+    return {**cpu_identity(), "cores": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "hostname": platform.node()}
 
 
@@ -280,18 +274,32 @@ class LatencyProfile:
         """Raise :class:`ProfileError` unless this profile can describe this machine.
 
         A measured profile of a local (``host-*``) target describes only the machine that
-        measured it: its CPU model and its runtime version must be this host's. Profiles of
+        measured it: its CPU model name, CPU id, kernel instruction sets (two hosts sold as one
+        model name can differ several-fold in int8) and runtime version must be this host's.
+        A profile that records no CPU id or instruction sets is refused too. Profiles of
         device targets (measured on the device) and estimates are not tied to this host."""
         if not (self.target.is_local and self.source == "measured" and not self.target.is_analytical):
             return
         here = host_identity()
         fix = (f"re-profile on this machine (edgeprune profile --target {self.target.name} --model "
                "MODEL --out FILE), or give no profile and one is measured now")
-        if (self.host.get("cpu"), self.host.get("machine")) != (here["cpu"], here["machine"]):
+        if "isa" not in self.host or "cpu_id" not in self.host:
             raise ProfileError(
-                f"{where} was measured on {self.host.get('cpu')!r} ({self.host.get('machine')}) but "
-                f"this host is {here['cpu']!r} ({here['machine']}); a {self.target.name} profile "
-                f"describes only the machine that measured it; {fix}")
+                f"{where} records no CPU id or instruction sets (written before edgeprune recorded "
+                f"them), so it cannot be shown to describe this host ({here['cpu']!r}, "
+                f"{here['cpu_id']}); CPUs that share a model name can differ several-fold; {fix}")
+        differ = [f"{what} {self.host.get(k)!r} there, {here[k]!r} here"
+                  for k, what in (("cpu", "CPU"), ("machine", "machine"), ("cpu_id", "CPU id"))
+                  if self.host.get(k) != here[k]]
+        theirs, mine = set(self.host.get("isa") or ()), set(here["isa"])
+        if theirs != mine:
+            differ.append("instruction sets differ (only there: "
+                          f"{' '.join(sorted(theirs - mine)) or '-'}; only here: "
+                          f"{' '.join(sorted(mine - theirs)) or '-'})")
+        if differ:
+            raise ProfileError(
+                f"{where} was measured on another machine ({'; '.join(differ)}); a "
+                f"{self.target.name} profile describes only the machine that measured it; {fix}")
         have = runtime_version(self.target.runtime)
         if have != self.runtime_version:
             raise ProfileError(f"{where} was measured with {self.target.runtime} "

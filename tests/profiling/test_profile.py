@@ -124,6 +124,27 @@ def test_other_target_is_refused(mini, tmp_path):
         LatencyProfile.load(path, target=other)
 
 
+def test_a_profile_from_another_cpu_with_the_same_model_name_is_refused(mini, tmp_path):
+    """Two hosts sold as "AMD EPYC" (one with AVX-512 VNNI, one without) ran the full-int8
+    ResNet-20 at 0.23 and 1.14 ms: the CPU id and kernel instruction sets decide, not the name."""
+    _, prof = mini
+    here = prof.host
+    assert here["cpu_id"] and isinstance(here["isa"], list)
+    prof.check_host()  # measured here: accepted
+    other_isa = sorted(set(here["isa"]) ^ {"avx512_vnni"})
+    twin = dataclasses.replace(prof, host={**here, "isa": other_isa})
+    path = twin.save(tmp_path / "twin.json")
+    with pytest.raises(ProfileError, match=r"instruction sets differ .*avx512_vnni.*re-profile on this machine"):
+        LatencyProfile.load(path)
+    stepping = dataclasses.replace(prof, host={**here, "cpu_id": here["cpu_id"] + " (another)"})
+    with pytest.raises(ProfileError, match="CPU id .* there"):
+        stepping.check_host()
+    old = dataclasses.replace(prof, host={k: v for k, v in here.items() if k not in ("cpu_id", "isa")})
+    with pytest.raises(ProfileError, match="records no CPU id or instruction sets"):
+        old.check_host()
+    assert LatencyProfile.load(path, check_host=False).host["isa"] == other_isa  # still a record
+
+
 def test_other_architecture_is_refused(mini):
     _, prof = mini
     with pytest.raises(ProfileError, match="does not match the profiled architecture"):

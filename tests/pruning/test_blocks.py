@@ -16,7 +16,7 @@ from edgeprune.models.checkpoint import read_header
 from edgeprune.models.removed import RemovedBlock
 from edgeprune.profiling.latency import LatencyProfile
 from edgeprune.pruning.cost import LatencyCost
-from tests.nets import FAST, random_batches, randomize_bn
+from tests.nets import FAST, committed_profile_here, random_batches, randomize_bn
 from tests.pruning.test_pruner import macs_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_above_the_channel_floor_blocks_stay_unless_asked():
 
 
 def test_a_latency_profile_prices_a_model_without_some_blocks():
-    profile = LatencyProfile.load(ROOT / "profiles" / "host-litert" / "resnet20.json")
+    profile = LatencyProfile.load(ROOT / "profiles" / "host-litert" / "resnet20.json", check_host=False)
     model = _resnet20().eval()
     removed = remove_blocks(model, ["layer1.1", "layer3.2"])
     blocks = profile.breakdown(model)
@@ -98,13 +98,14 @@ def test_a_latency_profile_prices_a_model_without_some_blocks():
         profile.predict_ms(plain)
 
 
-def test_a_profile_that_prices_the_blockless_network_at_or_below_zero_is_refused_there():
+def test_a_profile_that_prices_the_blockless_network_at_or_below_zero_is_refused_there(tmp_path):
     """A fit that never saw a network without blocks can extrapolate to a negative floor
     (the committed ResNet-20 profile once predicted -0.0009 ms): below the channel floor such a
     profile is refused, with the fix; above it, channel pruning still prices with it."""
     import dataclasses
 
-    good = LatencyProfile.load(ROOT / "profiles" / "host-litert" / "resnet20.json")
+    good = LatencyProfile.load(committed_profile_here(ROOT / "profiles" / "host-litert" / "resnet20.json",
+                                                      tmp_path))
     model = _resnet20()
     reach = edgeprune.budget_range(model, target="host-litert", profile=good, config=CFG)
     assert 0 < reach.floor < reach.channel_floor

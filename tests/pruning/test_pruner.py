@@ -18,7 +18,7 @@ from edgeprune.graph.layers import layer_units
 from edgeprune.pruning import PruneConfig, PruneResult
 from edgeprune.pruning.cost import Cost
 from edgeprune.pruning.pruner import run, stage_outputs
-from tests.nets import FAST, CatSE, random_batches, randomize_bn, small_cnn
+from tests.nets import FAST, CatSE, committed_profile_here, random_batches, randomize_bn, small_cnn
 
 ROOT = Path(__file__).resolve().parents[2]
 def macs_of(model: nn.Module, hw: int = 16) -> float:
@@ -58,25 +58,13 @@ def test_unlabeled_npy_source_end_to_end_meets_the_budget(tmp_path):
     assert "budget" in str(res) and "c3.0" in str(res)
 
 
-def _as_if_measured_here(profile_path, tmp_path):
-    """The committed profile, its host rewritten to this machine's: the pruner only reads the
-    tables (which machine they describe is the profile's own business, tested elsewhere)."""
-    from edgeprune.profiling.latency import host_identity
-
-    d = json.loads(profile_path.read_text())
-    d["host"] = host_identity()
-    out = tmp_path / "here.json"
-    out.write_text(json.dumps(d))
-    return out
-
-
 def test_prunes_toward_milliseconds_from_a_committed_latency_profile(tmp_path):
     model = edgeprune.models.create("resnet20")
     torch.manual_seed(0)
     randomize_bn(model)
     committed = ROOT / "profiles" / "host-litert" / "resnet20.json"
     res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
-                          profile=_as_if_measured_here(committed, tmp_path), budget_ratio=0.7,
+                          profile=committed_profile_here(committed, tmp_path), budget_ratio=0.7,
                           config=PruneConfig(steps=12, update_interval=2))
     assert res.cost_unit == "ms" and res.cost_source == "measured"
     assert res.predicted_cost <= res.budget == pytest.approx(0.7 * res.baseline_cost)
@@ -187,7 +175,7 @@ def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_pat
     model = edgeprune.models.create("resnet20")
     torch.manual_seed(0)
     randomize_bn(model)
-    path = _as_if_measured_here(ROOT / "profiles" / "host-litert" / "resnet20.json", tmp_path)
+    path = committed_profile_here(ROOT / "profiles" / "host-litert" / "resnet20.json", tmp_path)
     d = json.loads(path.read_text())
     d["remainder"] = {"intercept_ms": -0.6, "layer_scale": 2.0}
     path.write_text(json.dumps(d))
@@ -205,9 +193,10 @@ def test_a_host_profile_measured_on_another_machine_is_refused(tmp_path):
     tables would budget for that machine (the README's quickstart did, silently)."""
     from edgeprune.errors import ProfileError
     from edgeprune.profiling import LatencyProfile
+    from edgeprune.profiling.latency import host_identity
 
     d = json.loads((ROOT / "profiles" / "host-litert" / "resnet20.json").read_text())
-    d["host"] = {**d["host"], "cpu": "Imaginary CPU 9000"}
+    d["host"] = {**host_identity(), "cpu": "Imaginary CPU 9000"}
     path = tmp_path / "foreign.json"
     path.write_text(json.dumps(d))
     model = edgeprune.models.create("resnet20")

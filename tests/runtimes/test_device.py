@@ -92,6 +92,42 @@ def test_info_describes_the_machine_it_runs_on(device):
     assert set(info["runtimes"]) == {"litert", "onnxruntime"}
 
 
+def test_info_names_the_cpu_by_id_and_instruction_sets(device):
+    info = device.info()
+    assert {k: info[k] for k in ("cpu", "cpu_id", "isa")} == agent.cpu_identity()
+
+
+X86 = """processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+stepping	: 1
+flags		: fpu sse4_1 avx avx2 fma avx512f avx512_vnni hypervisor
+"""
+PI5 = """processor	: 0
+BogoMIPS	: 108.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x4
+CPU part	: 0xd0b
+CPU revision	: 1
+"""
+
+
+@pytest.mark.parametrize("text, want", [
+    (X86, {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 17 stepping 1",
+           "isa": ["avx", "avx2", "avx512_vnni", "avx512f", "fma", "sse4_1"]}),
+    (PI5, {"cpu_id": "implementer 0x41 part 0xd0b variant 0x4",
+           "isa": ["asimd", "asimddp", "asimdhp", "fphp"]}),
+    ("", {"cpu_id": "unknown", "isa": []}),
+])
+def test_cpu_identity_reads_the_id_and_kernel_instruction_sets(text, want):
+    got = agent.cpu_identity(text)
+    assert {k: got[k] for k in want} == want
+
+
 @pytest.mark.parametrize("kind", ["tflite", "int8", "onnx"])
 def test_run_equals_a_local_run_bit_for_bit(device, artifacts, kind):
     paths, x = artifacts
