@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,29 @@ def provenance(benchmark: str, script: str, argv: list[str] | None) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": host_identity(), "edgeprune": edgeprune.__version__,
             "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned"}
+
+
+def rows_with_host(doc: dict) -> list[dict]:
+    """The rows of an earlier result file, each naming the host that measured it. Rows written
+    before rows did so take the file's ``host``, all that was recorded (the host of the file's
+    last invocation, without CPU id or instruction sets)."""
+    return [{**r, "host": r.get("host") or doc.get("host")} for r in doc.get("rows", [])]
+
+
+def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """``old`` rows (see :func:`rows_with_host`) and this invocation's ``new`` ones, stamped with
+    this host: a row this run re-measured (same ``key``, same CPU) is replaced, one another
+    CPU measured is kept beside it (a result holds for the host that measured it; CPUs sold
+    under one name count as different, see LatencyProfile.check_host)."""
+    here = host_identity()
+
+    def full(r: dict) -> tuple:
+        h = r.get("host") or {}
+        return (*key(r), h.get("cpu"), h.get("cpu_id"), tuple(h.get("isa") or ()))
+
+    stamped = [{**r, "host": here} for r in new]
+    fresh = {full(r) for r in stamped}
+    return [r for r in old if full(r) not in fresh] + stamped
 
 
 def baseline_checkpoints() -> list[Path]:

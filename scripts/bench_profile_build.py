@@ -3,7 +3,7 @@ single-layer model converted before), split into converting and measuring.
 
 For each zoo model and target: a profile with a fresh, empty layer cache, then the same
 profile again with that cache. Prints a table and writes bench/results/profile_build.json
-(rows merged by model and target, so the matrix can be run in parts).
+(rows merged by model, target and host, so the matrix can be run in parts).
 
     .venv/bin/python scripts/bench_profile_build.py [--models resnet20 ...] [--targets host-litert]
 """
@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from _bench import provenance  # scripts/_bench.py, beside this file
+from _bench import merge_rows, provenance, rows_with_host  # scripts/_bench.py, beside this file
 
 from edgeprune import models
 from edgeprune._io import write_json
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cold['points_derived']} derived",
                   flush=True)
     out = Path(a.out)
-    old = json.loads(out.read_text())["rows"] if out.is_file() else []
-    keys = {(r["model"], r["target"]) for r in rows}
+    old = rows_with_host(json.loads(out.read_text())) if out.is_file() else []
     doc = {
         **provenance("profile_build", "bench_profile_build.py", argv),
         "method": "edgeprune.profile (default max_points, 2 converter processes, the target's "
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                   "signature (points_derived; per row, not in rows older than 2026-12-03T10); "
                   "convert_s includes the end-to-end calibration models (3, 4 with residual "
                   "blocks), which are never cached",
-        "rows": [r for r in old if (r["model"], r["target"]) not in keys] + rows,
+        "rows": merge_rows(old, rows, key=lambda r: (r["model"], r["target"])),
     }
     write_json(out, doc)
     print(f"wrote {out}")

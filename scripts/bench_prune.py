@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 "pruned_predicted_ms": res.predicted_cost,
                 "baseline_measured_ms": base_ms, "pruned_measured_ms": pruned_ms,
                 "measured_over_budget": pruned_ms / res.budget,
+                # the budget as a ratio of the baseline timed beside it (drift hits both alike)
+                "budget_ratio": a.budget, "measured_ratio": pruned_ms / base_ms,
+                "measured_ratio_over_budget_ratio": pruned_ms / base_ms / a.budget,
+                "verify_rounds": list(res.verify), "within_budget": res.within_budget,
                 "measured_speedup": base_ms / pruned_ms,
                 "baseline_round_medians_ms": base_runs, "pruned_round_medians_ms": pruned_runs,
                 "params_before": res.params_before, "params_after": res.params_after,

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import ROOT, provenance
+from _bench import ROOT, merge_rows, provenance, rows_with_host
 
 import edgeprune
 from edgeprune import data
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     t = load_target(a.target)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
     doc = _load(out)
+    doc["rows"] = rows_with_host(doc)  # before the header names this host
     doc.update(provenance("pruning", "bench_pruning.py", argv))
     a.command, a.commit = doc["command"], _commit()  # the code this invocation runs
     doc["what"] = ("edgeprune (no labels, no fine-tuning) against Torch-Pruning (labels, fine-tuned "
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.models:
             rows, base = _run_model(name, a, t, Path(d))
             doc.setdefault("baselines", {})[name] = base
-            doc["rows"] = _merge(doc.get("rows", []), rows)
+            doc["rows"] = merge_rows(doc["rows"], rows, key=_row_key)
             write_json(out, doc)  # after each model: a long matrix keeps what it measured
     print(f"\nwrote {out}")
     if a.report_dir:
@@ -409,10 +410,8 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _merge(old: list[dict], new: list[dict]) -> list[dict]:
-    key = lambda r: (r["model"], r["method"], r["budget_ratio"], r["seed"])  # noqa: E731
-    fresh = {key(r) for r in new}
-    return [r for r in old if key(r) not in fresh] + new
+def _row_key(r: dict) -> tuple:
+    return r["model"], r["method"], r["budget_ratio"], r["seed"]
 
 
 if __name__ == "__main__":

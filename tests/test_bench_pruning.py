@@ -1,6 +1,6 @@
 """The peer in scripts/bench_pruning.py is given a working configuration: Torch-Pruning's
 widths follow round_to, the output layer keeps its classes, Taylor importance uses its
-gradient, and rows of a later invocation replace the same rows of an earlier one."""
+gradient, and rows of a later invocation replace the same rows of an earlier one on the same host."""
 
 import sys
 from pathlib import Path
@@ -39,9 +39,20 @@ def test_torch_pruning_prunes_to_multiples_of_round_to_and_keeps_the_classes(cx,
     assert sum(p.numel() for p in cx.teacher.parameters()) == 272474  # the teacher is untouched
 
 
-def test_rows_merge_by_model_method_budget_and_seed():
-    old = [{"model": "r", "method": "a", "budget_ratio": 0.5, "seed": 0, "top1": 1},
-           {"model": "r", "method": "a", "budget_ratio": 0.7, "seed": 0, "top1": 2}]
+def test_rows_merge_by_model_method_budget_seed_and_host():
+    """A re-run replaces its own host's rows and keeps another CPU's: a result file's rows
+    hold for the host that measured each (rows older than the per-row host take the file's)."""
+    import _bench
+
+    here = _bench.host_identity()
+    other = {**here, "isa": sorted(set(here["isa"]) ^ {"avx512_vnni"})}  # same name, another CPU
+    doc = {"host": here, "rows": [
+        {"model": "r", "method": "a", "budget_ratio": 0.5, "seed": 0, "top1": 1},
+        {"model": "r", "method": "a", "budget_ratio": 0.7, "seed": 0, "top1": 2},
+        {"model": "r", "method": "a", "budget_ratio": 0.5, "seed": 0, "top1": 4, "host": other}]}
+    old = _bench.rows_with_host(doc)
+    assert [r["host"] for r in old] == [here, here, other]
     new = [{"model": "r", "method": "a", "budget_ratio": 0.5, "seed": 0, "top1": 3}]
-    merged = bench._merge(old, new)
-    assert [(r["budget_ratio"], r["top1"]) for r in merged] == [(0.7, 2), (0.5, 3)]
+    merged = _bench.merge_rows(old, new, key=bench._row_key)
+    assert [(r["budget_ratio"], r["top1"]) for r in merged] == [(0.7, 2), (0.5, 4), (0.5, 3)]
+    assert merged[-1]["host"] == here
