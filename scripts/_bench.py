@@ -41,12 +41,17 @@ def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], tuple]) -
     here = host_identity()
 
     def full(r: dict) -> tuple:
-        h = r.get("host") or {}
-        return (*key(r), h.get("cpu"), h.get("cpu_id"), tuple(h.get("isa") or ()))
+        return (*key(r), *host_key(r.get("host")))
 
     stamped = [{**r, "host": here} for r in new]
     fresh = {full(r) for r in stamped}
     return [r for r in old if full(r) not in fresh] + stamped
+
+
+def host_key(host: dict | None) -> tuple:
+    """What tells two hosts' results apart: CPU name, id and kernel instruction sets."""
+    h = host or {}
+    return h.get("cpu"), h.get("cpu_id"), tuple(h.get("isa") or ())
 
 
 def baseline_checkpoints() -> list[Path]:

@@ -1,6 +1,7 @@
 """Proof of the latency predictor: predicted vs measured latency of random pruned variants.
 
-For each zoo model and host target: build the profile (timed), draw random pruned variants
+For each zoo model (and ``user_net``, an architecture of a user's own: scripts/_user_net.py)
+and host target: build the profile (timed), draw random pruned variants
 (per channel group a keep ratio uniform in [0.2, 1.0], rounded to the target's round_to; or
 to --width-step for widths off the profile's grid, or in --keep LO HI for small models; with
 --remove-blocks P each removable residual block is also removed with probability P, at least
@@ -18,7 +19,7 @@ profiles alone, and a committed profile is the one whose on-grid row is in the J
         [--targets host-litert host-onnxruntime] [--variants 30] [--width-step 4] [--keep 0.05 0.3]
         [--remove-blocks 0.5]
 
-Rows are merged into the JSON by (model, target, variant set): run the matrix in parts.
+Rows are merged into the JSON by (model, target, variant set, host): run the matrix in parts.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bench import provenance  # scripts/_bench.py, beside this file
+from _bench import host_key, provenance  # scripts/_bench.py, beside this file
+from _user_net import NAME as USER_NET
+from _user_net import UserNet
 
 from edgeprune import models
 from edgeprune._io import write_json
@@ -86,7 +89,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     step = width_step or target.round_to
     torch.manual_seed(seed)
     # structure is what is timed; default BatchNorm, so no branch is folded away as zero
-    model = dense_copy(models.create(name)).eval()
+    model = dense_copy(UserNet() if name == USER_NET else models.create(name)).eval()
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    names = a.models or (["resnet20"] if a.quick else models.names())
+    names = a.models or (["resnet20"] if a.quick else [*models.names(), USER_NET])
     n = 8 if a.quick and a.variants == 30 else a.variants
     log = lambda s: print(s, flush=True)  # noqa: E731
     results = []
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             # the profile does not depend on the variants: every full run saves it
             default = a.width_step is None and tuple(a.keep) == (0.2, 1.0) and not a.remove_blocks
-            results.append(run_one(name, target, n, a.seed, log, save=default and not a.quick,
+            save = default and not a.quick and name != USER_NET  # profiles/ holds the zoo's
+            results.append(run_one(name, target, n, a.seed, log, save=save,
                                    width_step=a.width_step, keep_range=tuple(a.keep),
                                    block_p=a.remove_blocks))
     print()
@@ -258,18 +262,21 @@ def _row_key(r: dict) -> tuple:
 
 
 def _merge(out: Path, doc: dict) -> dict:
-    """``doc`` merged into an earlier file at ``out``: rows for (model, target) pairs this run
-    did not measure are kept, the ones it re-measured replaced. Every invocation's command,
-    date and wall time is listed under ``runs``, and each row names the run it came from."""
+    """``doc`` merged into an earlier file at ``out``: rows this run did not measure are kept,
+    the ones it re-measured on this host replaced (another CPU's rows stay beside them). Every
+    invocation's command, date, wall time and host is listed under ``runs``, and each row
+    names the run it came from (runs older than the per-run host take the file's)."""
     import json
 
-    this = {k: doc[k] for k in ("command", "date", "wall_s", "timing_cpus")}
+    this = {k: doc[k] for k in ("command", "date", "wall_s", "timing_cpus", "host")}
     if not out.is_file():
         return {**doc, "runs": [this], "results": [{**r, "run": 0} for r in doc["results"]]}
     old = json.loads(out.read_text())
     runs = old.get("runs") or [{k: old.get(k) for k in ("command", "date", "wall_s")}]
-    keys = {_row_key(r) for r in doc["results"]}
-    kept = [{"run": 0, **r} for r in old.get("results", []) if _row_key(r) not in keys]
+    runs = [{**r, "host": r.get("host") or old.get("host")} for r in runs]
+    keys = {(*_row_key(r), *host_key(doc["host"])) for r in doc["results"]}
+    kept = [{"run": 0, **r} for r in old.get("results", [])
+            if (*_row_key(r), *host_key(runs[r.get("run", 0)]["host"])) not in keys]
     new = [{**r, "run": len(runs)} for r in doc["results"]]
     return {**doc, "runs": [*runs, this], "results": kept + new}
 

@@ -6,6 +6,7 @@ profile again with that cache. Prints a table and writes bench/results/profile_b
 (rows merged by model, target and host, so the matrix can be run in parts).
 
     .venv/bin/python scripts/bench_profile_build.py [--models resnet20 ...] [--targets host-litert]
+        [--save profiles]
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 32, 32)
 
 
-def build(name: str, target: str, cache: Path) -> dict:
+def build(name: str, target: str, cache: Path, save: Path | None = None) -> dict:
     model = dense_copy(models.create(name)).eval()
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE, layer_cache=cache)
-    return {"build_s": round(time.perf_counter() - t0, 1), **prof.build,
-            "points": sum(t.points() for t in prof.tables.values())}
+    row = {"build_s": round(time.perf_counter() - t0, 1), **prof.build,
+           "points": sum(t.points() for t in prof.tables.values())}
+    if save is not None:
+        prof.save(save / target / f"{name}.json")
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--targets", nargs="*", default=["host-litert"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile_build.json"))
+    ap.add_argument("--save", default=None, metavar="DIR",
+                    help="also write each warm profile to DIR/<target>/<model>.json (e.g. profiles)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.models or models.names():
             with tempfile.TemporaryDirectory(prefix="edgeprune-layer-cache-") as d:
                 cold = build(name, target, Path(d))
-                warm = build(name, target, Path(d))
+                warm = build(name, target, Path(d), save=Path(a.save) if a.save else None)
             rows.append({"model": name, "target": target, "cold": cold, "warm": warm})
             print(f"{target:18} {name:12} cold {cold['build_s']:6.1f} s (convert {cold['convert_s']:6.1f}, "
                   f"measure {cold['measure_s']:5.1f})  warm {warm['build_s']:6.1f} s (convert "
