@@ -39,5 +39,6 @@ class UserNet(nn.Module):
         x = self.stem(x)
         x = x + self.block(x)
         y = torch.cat([self.a(x), self.b(x)], dim=1)
-        y = y * F.hardsigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), keepdim=True)))))
-        return self.fc(self.down(y).mean((2, 3)))
+        # pooling as adaptive_avg_pool2d: litert-torch leaves a TRANSPOSE around a plain mean
+        y = y * F.hardsigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.down(y), 1), 1))

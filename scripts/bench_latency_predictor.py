@@ -93,7 +93,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
     t0 = time.perf_counter()
     prof = profile(model, target, input_shape=SHAPE)
     build_s = time.perf_counter() - t0
-    where = "not saved (--quick)"
+    where = "not saved (only the on-grid run without --quick saves)"
     if save:
         out_path = ROOT / "profiles" / target.name / f"{name}.json"
         prof.save(out_path)
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     results = []
     t_all = time.perf_counter()
+    head = provenance("latency_predictor", "bench_latency_predictor.py", argv)
+    earlier = Path(a.out)
+    before = earlier.read_text() if earlier.is_file() else None
     for target in a.targets:
         for name in names:
             # the profile does not depend on the variants: every full run saves it
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_one(name, target, n, a.seed, log, save=save,
                                    width_step=a.width_step, keep_range=tuple(a.keep),
                                    block_p=a.remove_blocks))
+            # after each row, merged into the file as it was before this run: a long run that
+            # fails later keeps what it measured
+            write_json(a.out, _merge(before, _doc(head, results, time.perf_counter() - t_all)))
     print()
     print(f"{'target':18} {'model':12} {'variants':16} {'n':>3} {'<=10%':>6} {'<=5%':>6} {'med|err|%':>9} "
           f"{'max|err|%':>9} {'self<=10%':>9} {'build s':>7} {'MACs/x':>7} {'speedup':>7}")
@@ -235,17 +241,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * r['within_5pct']:5.0f}% {r['median_abs_error_pct']:9.2f} {r['max_abs_error_pct']:9.2f} "
               f"{100 * r['repeatability']['within_10pct']:8.0f}% "
               f"{r['profile_build_s']:7.0f} {f['median_macs_reduction']:7.2f} {f['median_measured_speedup']:7.2f}")
-    doc = {
-        **provenance("latency_predictor", "bench_latency_predictor.py", argv),
-        "method": "random keep ratio per channel group in [0.2, 1.0] rounded to round_to; "
-                  "latency = the target's protocol (batch 1): median of the fastest of its "
-                  "passes, baseline and variants interleaved; error = (pred - meas) / meas",
-        "wall_s": round(time.perf_counter() - t_all, 1),
-        "results": results,
-    }
-    write_json(a.out, _merge(Path(a.out), doc))
     print(f"wrote {a.out}")
     return 0
+
+
+def _doc(head: dict, results: list[dict], wall_s: float) -> dict:
+    return {**head,
+            "method": "random keep ratio per channel group in [0.2, 1.0] rounded to round_to; "
+                      "latency = the target's protocol (batch 1): median of the fastest of its "
+                      "passes, baseline and variants interleaved; error = (pred - meas) / meas",
+            "wall_s": round(wall_s, 1), "results": results}
 
 
 def _variant_set(step: int, round_to: int, keep_range, block_p: float = 0.0) -> dict:
@@ -261,17 +266,17 @@ def _row_key(r: dict) -> tuple:
     return r["model"], r["target"], vs["name"]
 
 
-def _merge(out: Path, doc: dict) -> dict:
-    """``doc`` merged into an earlier file at ``out``: rows this run did not measure are kept,
+def _merge(earlier: str | None, doc: dict) -> dict:
+    """``doc`` merged into an earlier file's text: rows this run did not measure are kept,
     the ones it re-measured on this host replaced (another CPU's rows stay beside them). Every
     invocation's command, date, wall time and host is listed under ``runs``, and each row
     names the run it came from (runs older than the per-run host take the file's)."""
     import json
 
     this = {k: doc[k] for k in ("command", "date", "wall_s", "timing_cpus", "host")}
-    if not out.is_file():
+    if earlier is None:
         return {**doc, "runs": [this], "results": [{**r, "run": 0} for r in doc["results"]]}
-    old = json.loads(out.read_text())
+    old = json.loads(earlier)
     runs = old.get("runs") or [{k: old.get(k) for k in ("command", "date", "wall_s")}]
     runs = [{**r, "host": r.get("host") or old.get("host")} for r in runs]
     keys = {(*_row_key(r), *host_key(doc["host"])) for r in doc["results"]}

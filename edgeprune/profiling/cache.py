@@ -1,4 +1,5 @@
-"""A cache of converted single-layer models, so a profile converts each layer point once.
+"""A cache of converted single-layer models, so a profile converts each layer point once, and
+of the end-to-end calibration networks, so re-profiling a model converts nothing again.
 
 A profile's grid points are single-layer models whose file depends only on the layer's
 signature (kind, kernel, stride, padding, dilation, input size), its widths, the runtime and
@@ -24,6 +25,8 @@ import os
 import shutil
 from importlib import metadata
 from pathlib import Path
+
+from torch import nn
 
 from edgeprune._io import atomic_path
 from edgeprune.targets import ARTIFACT_SUFFIX, Target
@@ -56,17 +59,21 @@ class LayerCache:
         self.root = Path(root)
 
     def key(self, signature: str, c_in: int, c_out: int, target: Target) -> str:
+        return self._key({"signature": signature, "c_in": int(c_in), "c_out": int(c_out),
+                          "layer_model": LAYER_MODEL_VERSION}, target)
+
+    def _key(self, ident: dict, target: Target) -> str:
         from edgeprune._version import __version__
 
-        ident = {"signature": signature, "c_in": int(c_in), "c_out": int(c_out),
-                 "runtime": target.runtime, "precision": target.precision,
-                 "layer_model": LAYER_MODEL_VERSION, "edgeprune": __version__,
-                 "versions": dict(_versions(target.runtime))}
+        ident = {**ident, "runtime": target.runtime, "precision": target.precision,
+                 "edgeprune": __version__, "versions": dict(_versions(target.runtime))}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
+    def _path(self, key: str, target: Target) -> Path:
+        return self.root / f"{target.runtime}-{target.precision}" / (key + ARTIFACT_SUFFIX[target.runtime])
+
     def path(self, signature: str, c_in: int, c_out: int, target: Target) -> Path:
-        sub = f"{target.runtime}-{target.precision}"
-        return self.root / sub / (self.key(signature, c_in, c_out, target) + ARTIFACT_SUFFIX[target.runtime])
+        return self._path(self.key(signature, c_in, c_out, target), target)
 
     def get(self, signature: str, c_in: int, c_out: int, target: Target) -> Path | None:
         p = self.path(signature, c_in, c_out, target)
@@ -74,7 +81,45 @@ class LayerCache:
 
     def put(self, signature: str, c_in: int, c_out: int, target: Target, src: Path) -> Path:
         """Copy a converted file into the cache (atomically) and return its cached path."""
-        dst = self.path(signature, c_in, c_out, target)
+        return self._put(self.path(signature, c_in, c_out, target), src)
+
+    def network_path(self, key: str, target: Target) -> Path:
+        """Where the whole network whose :func:`network_key` is ``key`` is cached (apart from the
+        single layers: ``networks-<runtime>-<precision>/``)."""
+        sub = f"networks-{target.runtime}-{target.precision}"
+        return self.root / sub / (self._key({"network": key}, target) + ARTIFACT_SUFFIX[target.runtime])
+
+    def get_network(self, key: str, target: Target) -> Path | None:
+        p = self.network_path(key, target)
+        return p if p.is_file() else None
+
+    def put_network(self, key: str, target: Target, src: Path) -> Path:
+        return self._put(self.network_path(key, target), src)
+
+    @staticmethod
+    def _put(dst: Path, src: Path) -> Path:
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         return dst
+
+
+def network_key(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """What determines a whole network's converted file at ``input_shape`` (C, H, W), for the
+    end-to-end calibration models of a profile: the code torch.fx traces (every op, its
+    constants and wiring), each leaf module's type and settings, the shapes and dtypes of its
+    parameters and buffers, and which of them are all zero (converters delete provably-zero
+    work; see ``dense_copy``). Other weight values change no op, shape or dtype, so not the
+    latency. None when torch.fx cannot trace the model: then it is converted every time."""
+    import torch
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # data-dependent control flow and the like: no key, no cache
+        return None
+    mods = [(n, f"{type(m).__module__}.{type(m).__qualname__}", m.extra_repr())
+            for n, m in gm.named_modules()]
+    state = model.state_dict()
+    tensors = [(n, list(t.shape), str(t.dtype)) for n, t in state.items()]
+    zeros = sorted(n for n, t in state.items() if t.numel() and not bool(t.any()))
+    ident = json.dumps([list(input_shape), gm.code, mods, tensors, zeros])
+    return hashlib.sha256(ident.encode()).hexdigest()

@@ -294,11 +294,11 @@ class LatencyProfile:
         theirs, mine = set(self.host.get("isa") or ()), set(here["isa"])
         if theirs != mine:
             differ.append("instruction sets differ (only there: "
-                          f"{' '.join(sorted(theirs - mine)) or '-'}; only here: "
+                          f"{' '.join(sorted(theirs - mine)) or '-'}, only here: "
                           f"{' '.join(sorted(mine - theirs)) or '-'})")
         if differ:
             raise ProfileError(
-                f"{where} was measured on another machine ({'; '.join(differ)}); a "
+                f"{where} was measured on another machine ({', '.join(differ)}); a "
                 f"{self.target.name} profile describes only the machine that measured it; {fix}")
         have = runtime_version(self.target.runtime)
         if have != self.runtime_version:
@@ -422,9 +422,10 @@ def profile(model: nn.Module, target: str | Target, *, input_shape: tuple[int, i
     slow, else 1); timing is always sequential. ``layer_cache``: where converted single-layer
     models are kept and reused (True: ``$EDGEPRUNE_LAYER_CACHE`` or
     ``~/.cache/edgeprune/layer-models``; a path; False: convert everything, keep nothing; see
-    :mod:`edgeprune.profiling.cache`). On LiteRT most single-layer models are derived from one
-    converted template per signature, after a check against real conversions
-    (:func:`_make_points`). A device target is timed on the device through its agent, and
+    :mod:`edgeprune.profiling.cache`); the end-to-end calibration networks are kept there too,
+    so re-profiling a model converts nothing (``build["calibrations_from_cache"]``). On
+    LiteRT most single-layer models are derived from one converted template per signature,
+    after a check against real conversions (:func:`_make_points`). A device target is timed on the device through its agent, and
     the agent's ``info`` is the profile's ``host``.
     """
     from edgeprune.profiling.cache import LayerCache, default_dir
@@ -464,6 +465,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
              host: dict[str, Any], device, lcache) -> LatencyProfile:
     from edgeprune._version import __version__
     from edgeprune.graph import group_structure, shrink_to_widths
+    from edgeprune.profiling.cache import network_key
 
     cached = _cache_points(cache, t, version, host)
     units = layer_units(model, shape)  # the caller's model is only read
@@ -544,7 +546,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         # scale and intercept: end-to-end measurements of the full model, thinned copies and
         # (a model with residual blocks) the thinnest copy without its blocks
         groups = group_structure(model, example)
-        variants, calib_paths = [], []
+        variants, calib_paths, calib_cached = [], [], 0
         c0 = time.perf_counter()
         for i, (keep, removed) in enumerate(calibrations):
             variant = model
@@ -554,7 +556,15 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             if removed:
                 variant = remove_blocks(variant, removed)
             variants.append(variant)
-            calib_paths.append(convert_for(variant, t, Path(d) / f"full{i}{suffix}", example))
+            # the same network converted before (a re-profile): its file, else convert and keep it
+            key = None if lcache is None else network_key(variant, shape)
+            hit = None if key is None else lcache.get_network(key, t)
+            if hit is not None:
+                calib_cached += 1
+                calib_paths.append(hit)
+            else:
+                path = convert_for(variant, t, Path(d) / f"full{i}{suffix}", example)
+                calib_paths.append(path if key is None else lcache.put_network(key, t, path))
             tick(f"convert end-to-end keep {keep}" + (f", {len(removed)} blocks removed" if removed else ""))
         convert_s += time.perf_counter() - c0
         m0 = time.perf_counter()
@@ -578,6 +588,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
          "points_converted": made.converted, "points_derived": made.derived,
          "templates_converted": made.templates, "not_derived": made.not_derived,
          "derived_check": twin_check, "points_from_layer_cache": len(hits),
+         "calibrations_from_cache": calib_cached,
          "points_from_profile_cache": len(cached),
          "points_timed": len(keys), "probe_points": sum(len(pts) for _, pts in probes.values())},
         steps=steps,

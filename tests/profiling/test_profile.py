@@ -216,9 +216,12 @@ def test_reprofiling_with_cache_measures_no_layer_points(mini, monkeypatch):
 
     monkeypatch.setattr("edgeprune.profiling.latency.convert_for", counting)
     again = profile(model, target=prof.target, input_shape=SHAPE, max_points=2, cache=prof)
-    # only the overhead probe (fast) and the three end-to-end calibrations are converted
-    assert calls.count(True) == 1 and calls.count(False) == 3
+    # only the overhead probe (fast) is converted: the three end-to-end calibration networks
+    # come from the layer cache the first profile filled
+    assert calls.count(True) == 1 and calls.count(False) == 0
+    assert again.build["calibrations_from_cache"] == 3
     assert again.tables == prof.tables
+    assert [c["keep"] for c in again.calibration] == [c["keep"] for c in prof.calibration]
 
 
 def test_cache_from_another_target_is_refused(mini):
@@ -434,11 +437,16 @@ def test_the_layer_cache_converts_each_point_once_and_is_really_read(tmp_path):
                     max_points=2, layer_cache=cache)
     n = first.build["points_converted"]
     assert n == first.build["points_timed"] and first.build["points_from_layer_cache"] == 0
-    files = sorted(cache.rglob("*.onnx"))
-    assert len(files) == n and all(f.parent.name == "onnxruntime-fp32" for f in files)
+    files = sorted(cache.glob("onnxruntime-fp32/*.onnx"))
+    assert len(files) == n
+    # the three calibration networks, one file per distinct network (keep 0.6 and 0.3 of 32
+    # channels both round to 16: one network, converted once, its file reused the same build)
+    networks = list(cache.glob("networks-onnxruntime-fp32/*.onnx"))
+    assert len(networks) == 2 and first.build["calibrations_from_cache"] == 1
     second = profile(randomize_bn(TinyNet(width=32), seed=1), target="host-onnxruntime",
                      input_shape=SHAPE, max_points=2, layer_cache=cache)
     assert (second.build["points_converted"], second.build["points_from_layer_cache"]) == (0, n)
+    assert second.build["calibrations_from_cache"] == 3  # other weights, the same networks
     assert second.build["convert_s"] >= 0 and second.build["measure_s"] > 0
     assert {s: (t.c_in, t.c_out) for s, t in second.tables.items()} == \
         {s: (t.c_in, t.c_out) for s, t in first.tables.items()}
@@ -449,6 +457,39 @@ def test_the_layer_cache_converts_each_point_once_and_is_really_read(tmp_path):
     nothing = profile(TinyNet(width=32), target="host-onnxruntime", input_shape=SHAPE, max_points=2,
                       layer_cache=False)
     assert nothing.build["points_converted"] == n
+
+
+def test_a_network_key_follows_what_the_converted_file_depends_on():
+    """Same architecture, other weights: the same key (latency does not read the values).
+    A zeroed BatchNorm (converters delete provably-zero work), another stride, another input
+    size or another op: another key. A model torch.fx cannot trace has none (converted every
+    time)."""
+    from edgeprune.profiling.cache import network_key
+
+    torch.manual_seed(0)
+    a, b = randomize_bn(TinyNet(width=32)), randomize_bn(TinyNet(width=32), seed=1)
+    assert network_key(a, SHAPE) == network_key(b, SHAPE) is not None
+    assert network_key(a, (3, 16, 16)) != network_key(a, SHAPE)
+    zeroed = randomize_bn(TinyNet(width=32))
+    bn = next(m for m in zeroed.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.nn.init.zeros_(bn.weight)
+    assert network_key(zeroed, SHAPE) != network_key(a, SHAPE)
+    strided = randomize_bn(TinyNet(width=32))
+    conv = next(m for m in strided.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.stride = (2, 2)
+    assert network_key(strided, SHAPE) != network_key(a, SHAPE)
+
+    class Gelu(TinyNet):
+        def forward(self, x):
+            return torch.nn.functional.gelu(super().forward(x))
+
+    assert network_key(randomize_bn(Gelu(width=32)), SHAPE) != network_key(a, SHAPE)
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x  # data-dependent: fx cannot trace it
+
+    assert network_key(Branchy(), SHAPE) is None
 
 
 def test_layer_cache_keys_separate_what_changes_the_file():
@@ -503,7 +544,7 @@ def test_litert_points_are_derived_from_one_template_per_signature(tmp_path):
     assert len(b["derived_check"]) == b["templates_converted"] >= 2  # the probed conv and dwconv
     assert all(c["converted_ms"] > 0 and c["derived_ms"] > 0 for c in b["derived_check"])
     # every timed point and every template is kept; a warm build derives nothing
-    assert len(list(cache.rglob("*.tflite"))) == b["points_timed"] + b["templates_converted"]
+    assert len(list(cache.glob("litert-fp32/*.tflite"))) == b["points_timed"] + b["templates_converted"]
     again = profile(randomize_bn(TinyNet(width=32)), target="host-litert", input_shape=SHAPE,
                     max_points=2, layer_cache=cache)
     assert (again.build["points_derived"], again.build["points_converted"]) == (0, 0)
