@@ -155,8 +155,9 @@ def _field(text: str, key: str) -> str | None:
 def cpu_identity(cpuinfo: str | None = None) -> dict:
     """This CPU (or the one a /proc/cpuinfo text ``cpuinfo`` describes) as latency depends on
     it: ``cpu`` (the model name), ``cpu_id`` (x86 vendor, family, model and stepping; arm
-    implementer, part and variant: what a hypervisor's generic model name hides) and ``isa`` (the :data:`KERNEL_ISA` extensions it has, sorted).
-    Unknown parts are ``"unknown"`` / ``[]``."""
+    implementer, part and variant: what a hypervisor's generic model name hides) and ``isa``
+    (the :data:`KERNEL_ISA` extensions it has, sorted). Unknown parts are ``"unknown"`` /
+    ``[]`` (macOS has no /proc/cpuinfo: only the brand string tells its CPUs apart)."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
     x86 = [_field(text, k) for k in ("vendor_id", "cpu family", "model", "stepping")]
     arm = [_field(text, k) for k in ("CPU implementer", "CPU part", "CPU variant")]
