@@ -25,11 +25,13 @@ import os
 import shutil
 from importlib import metadata
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgeprune._io import atomic_path
 from edgeprune.targets import ARTIFACT_SUFFIX, Target
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # bump when layer_model() or a converter's settings change the file a point converts to
 LAYER_MODEL_VERSION = 1
