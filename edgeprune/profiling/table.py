@@ -43,6 +43,11 @@ FLAT_MS = 0.002
 # 4 (in one probe on this project's host 33 channels cost 1.8 steps, 36 cost 0.6), which no
 # staircase fits
 IRREGULAR_RMS = 0.5
+# nor does one that misses any single width by more than half a step: ONNX Runtime on an
+# AVX-512 host (resnet20's probe, 32..48 input channels) paid about one step at 36, 40 and 44
+# channels and 1-2.2 steps at every other width; a 4-tile staircase fitted that at rms 0.33 but
+# priced 44 channels at 1.72 steps (measured: 1.07), and variants over-predicted by up to 62%
+IRREGULAR_MAX = 0.5
 # a larger tile must cut the staircase's squared error to below this share of the best so far
 STEP_EVIDENCE = 0.5
 
@@ -67,8 +72,9 @@ def fit_step(base_ms: float, offset_ms: Sequence[float], next_ms: float) -> dict
 
     ``share`` (round_to + 1 numbers, ``share[0] = 0`` and ``share[round_to] = 1``: the grid
     widths are measured) is the fitted staircase; when even the best staircase misses by more
-    than :data:`IRREGULAR_RMS` the step is ``irregular`` and ``share`` is the measured share of
-    each width (negative noise clipped to 0); a flat step (see :data:`FLAT_SHARE`) gives the
+    than :data:`IRREGULAR_RMS`, or misses one width by more than :data:`IRREGULAR_MAX`, the step
+    is ``irregular`` and ``share`` is the measured share of each width (negative noise clipped to
+    0); a flat step (see :data:`FLAT_SHARE`) gives the
     straight line ``d / round_to``."""
     r = len(offset_ms) + 1
     rise = next_ms - base_ms
@@ -90,7 +96,8 @@ def fit_step(base_ms: float, offset_ms: Sequence[float], next_ms: float) -> dict
             best = fit
     sse, s, h = best
     rms = math.sqrt(sse / (r - 1))
-    if rms > IRREGULAR_RMS:  # not a staircase: the measured share of every width is kept
+    worst = max(abs(m - h * math.ceil(d / s) * s / r) for d, m in enumerate(measured, start=1))
+    if rms > IRREGULAR_RMS or worst > IRREGULAR_MAX:  # not a staircase: keep what was measured
         share = [0.0, *(round(max(0.0, m), 4) for m in measured), 1.0]
         return {**out, "flat": False, "irregular": True, "step": None, "height": None,
                 "fit_rms": round(rms, 4), "share": share}
