@@ -345,6 +345,12 @@ def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[s
                                      f"{round_to + 1} finite numbers from 0 (first) to 1 (last) on axis "
                                      "c_in or c_out")
                 v["share"] = [float(x) for x in share]
+                ms = v.get("measured_ms")
+                if isinstance(ms, list) and len(ms) == round_to + 1:
+                    # the fit is derived from the probe: refitted with this edgeprune's
+                    # fit_step, so a file keeps no staircase this version no longer accepts
+                    ms = [float(x) for x in ms]
+                    v.update(fit_step(ms[0], ms[1:-1], ms[-1]))
         return steps
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ProfileError(f"{where}: steps are malformed: {e}") from e

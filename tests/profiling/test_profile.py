@@ -175,6 +175,22 @@ def _with_steps(prof, tile):
                                             for k, axes in prof.steps.items()})
 
 
+def test_a_loaded_profile_refits_its_steps_from_the_probe(mini, tmp_path):
+    # the probe of an older file (ONNX Runtime, AVX-512 host, 32..48 input channels) stored a
+    # 4-tile staircase of height 2.29, which prices 44 channels at 1.72 steps (measured: 1.07);
+    # loading refits it with this edgeprune's fit_step (irregular: the measured shares)
+    _, prof = mini
+    ms = [0.17197, 0.251138, 0.257627, 0.265418, 0.255044, 0.279875, 0.287982, 0.295273, 0.255709,
+          0.313791, 0.322899, 0.326905, 0.260176, 0.341998, 0.349148, 0.354731, 0.254638]
+    path = prof.save(tmp_path / "p.json")
+    stale = [0.0, *(round(2.2941 * math.ceil(d / 4) * 4 / 16, 4) for d in range(1, 16)), 1.0]
+    _edit(path, lambda d: d["steps"]["conv"]["c_in"].update(
+        measured_ms=ms, share=stale, step=4, height=2.2941, irregular=False))
+    st = LatencyProfile.load(path).steps["conv"]["c_in"]
+    assert st["irregular"] and st["step"] is None
+    assert st["share"][12] == pytest.approx(1.067, abs=1e-3) and st["share"] != stale
+
+
 def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
     """Width 20 on a runtime that computes 16 channels at a time costs what 32 costs; on one
     without steps it is the straight line between 16 and 32 (the old interpolation)."""
