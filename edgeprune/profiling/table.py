@@ -75,11 +75,16 @@ def fit_step(base_ms: float, offset_ms: Sequence[float], next_ms: float) -> dict
     than :data:`IRREGULAR_RMS`, or misses one width by more than :data:`IRREGULAR_MAX`, the step
     is ``irregular`` and ``share`` is the measured share of each width (negative noise clipped to
     0); a flat step (see :data:`FLAT_SHARE`) gives the
-    straight line ``d / round_to``."""
+    straight line ``d / round_to``.
+
+    The times are rounded to 1 ns first, as a profile stores them (``measured_ms``), so a
+    profile refitted from its file gets exactly the fit it was built with."""
+    base_ms, next_ms = round(base_ms, 6), round(next_ms, 6)
+    offset_ms = [round(v, 6) for v in offset_ms]
     r = len(offset_ms) + 1
     rise = next_ms - base_ms
     measured = [(v - base_ms) / rise if rise else 0.0 for v in offset_ms]
-    out: dict[str, Any] = {"measured_ms": [round(v, 6) for v in (base_ms, *offset_ms, next_ms)],
+    out: dict[str, Any] = {"measured_ms": [base_ms, *offset_ms, next_ms],
                            "measured_share": [round(v, 4) for v in measured]}
     if rise <= max(FLAT_SHARE * max(next_ms, base_ms), FLAT_MS):
         return {**out, "flat": True, "irregular": False, "step": 1, "height": 1.0, "fit_rms": None,
