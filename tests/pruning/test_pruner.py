@@ -171,7 +171,10 @@ def test_closed_loop_acts_when_every_timing_run_is_over():
 def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_path):
     """A profile crafted to over-promise the savings of pruning (its remainder model makes a
     narrow ResNet-20 look much faster than it runs): pruned to 0.6x by that profile, the model
-    measures over 0.6x of the baseline beside it on host-litert, and the loop tightens."""
+    measures over 0.6x of the baseline beside it on host-litert, and the loop tightens.
+    ``verify_strict``: by how much it is over depends on the host. On the AVX2 CI host the
+    default loop once stopped after round 0 though over, most likely on its noise rule (not
+    every timing run over); that rule is tested with fakes above."""
     model = edgeprune.models.create("resnet20")
     torch.manual_seed(0)
     randomize_bn(model)
@@ -181,7 +184,8 @@ def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_pat
     path.write_text(json.dumps(d))
     res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
                           profile=path, budget_ratio=0.6,
-                          config=PruneConfig(steps=12, update_interval=2, verify_steps=6))
+                          config=PruneConfig(steps=12, update_interval=2, verify_steps=6,
+                                             verify_strict=True))
     v = res.verify
     assert v[0]["measured_over_budget"] > 1, v  # the crafted profile under-predicts
     assert len(v) >= 2 and v[1]["internal_budget"] < v[0]["internal_budget"]
