@@ -83,6 +83,15 @@ def _convert_other_calibration(model, path):
     return to_tflite_int8(model, path, torch.zeros(1, *SHAPE), cal, min_images=8, logits="full")
 
 
+def _step_summary(v: dict) -> dict:
+    """A probe's fit and measured shares (the first step's too, where it was measured)."""
+    keys = ("step", "height", "flat", "irregular", "fit_rms", "measured_share")
+    out = {k: v[k] for k in (*keys, "signature")}
+    if "first" in v:
+        out["first"] = {k: v["first"][k] for k in keys}
+    return out
+
+
 def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: bool,
             width_step: int | None = None, keep_range=(0.2, 1.0), block_p: float = 0.0) -> dict:
     target = load_target(target_name)
@@ -179,8 +188,8 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             "baseline_ratio": round(again[0].median_ms / base_ms, 4)},
         "profile_build_s": round(build_s, 1),
         "profile_points": sum(t.points() for t in prof.tables.values()),
-        "steps": {kind: {axis: {k: v[k] for k in ("step", "height", "flat", "irregular", "fit_rms", "signature")}
-                         for axis, v in axes.items()} for kind, axes in (prof.steps or {}).items()},
+        "steps": {kind: {axis: _step_summary(v) for axis, v in axes.items()}
+                  for kind, axes in (prof.steps or {}).items()},
         "baseline": {"measured_ms": round(base_ms, 5), "predicted_ms": round(base_pred, 5),
                      "macs": base_macs},
         "level_corrected": level_corrected(rows, base_pred / base_ms),

@@ -138,20 +138,27 @@ class LatencyProfile:
     def _share(self, unit: LayerUnit, table: LayerTable, axis: str, width: int) -> list[float] | None:
         """The measured step on ``axis`` for ``unit``'s kind (None: not needed). A width off
         the grid (not measured, not a multiple of round_to) needs one: without it the
-        prediction would interpolate across a latency step, so it is refused."""
+        prediction would interpolate across a latency step, so it is refused. A width below
+        round_to takes the first step's own probe (from zero channels): runtimes use other
+        kernels for a few channels than past a full tile."""
         if table.kind == "dwconv" and axis == "c_out":
             return None  # a depthwise layer's c_out is its c_in
         grid = table.c_in if axis == "c_in" else table.c_out
-        if width in grid or width % self.target.round_to == 0:
+        r = self.target.round_to
+        if width in grid or width % r == 0:
             return None
-        share = (self.steps or {}).get(table.kind, {}).get(axis, {}).get("share")
+        st = (self.steps or {}).get(table.kind, {}).get(axis, {})
+        if width < r:
+            st = st.get("first", {})
+        share = st.get("share")
         if share is not None:
             return share
         why = ("was made before edgeprune measured channel steps" if self.steps is None
                else f"has no measured step for the {axis} of {table.kind} layers (every profiled "
-                    "layer had it fixed)")
+                    "layer had it fixed)" if not (self.steps.get(table.kind, {}).get(axis))
+               else f"was made before edgeprune measured the first step (1..{r - 1} channels)")
         raise ProfileError(
-            f"layer {unit.path!r} has {axis}={width}, off the profile's {self.target.round_to}-"
+            f"layer {unit.path!r} has {axis}={width}, off the profile's {r}-"
             f"channel grid, and the profile {why}, so it cannot say how {self.target.runtime}'s "
             "latency steps between grid widths; re-profile with this edgeprune")
 
@@ -194,8 +201,8 @@ class LatencyProfile:
                  f"{self.remainder_intercept_ms:+.4f} ms"]
         if self.steps is not None:
             lines.append("  channel steps: " + "; ".join(
-                f"{kind} {axis} {'flat' if st.get('flat') else 'irregular' if st.get('irregular') else st.get('step')}"
-                + (f" x{st['height']:.2f}" if st.get("height") not in (None, 1.0) else "")
+                f"{kind} {axis} {_step_str(st)}"
+                + (f" (first {_step_str(st['first'])})" if "first" in st else "")
                 for kind, axes in sorted(self.steps.items()) for axis, st in sorted(axes.items())))
         for c in self.calibration:
             lines.append(f"  calibration keep {c['keep']:.2f}: measured {c['measured_ms']:.3f} ms, "
@@ -330,6 +337,10 @@ class LatencyProfile:
         return prof
 
 
+def _step_str(st: dict[str, Any]) -> str:
+    kind = "flat" if st.get("flat") else "irregular" if st.get("irregular") else str(st.get("step"))
+    return kind + (f" x{st['height']:.2f}" if st.get("height") not in (None, 1.0) else "")
+
 def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[str, Any]]] | None:
     if d is None:
         return None
@@ -337,33 +348,42 @@ def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[s
         steps = {str(k): {str(a): dict(v) for a, v in axes.items()} for k, axes in d.items()}
         for kind, axes in steps.items():
             for axis, v in axes.items():
-                share = v["share"]
-                if (axis not in ("c_in", "c_out") or not isinstance(share, list)
-                        or len(share) != round_to + 1 or share[0] != 0 or share[-1] != 1
-                        or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in share)):
-                    raise ValueError(f"steps.{kind}.{axis}: need a share list of round_to + 1 = "
-                                     f"{round_to + 1} finite numbers from 0 (first) to 1 (last) on axis "
-                                     "c_in or c_out")
-                v["share"] = [float(x) for x in share]
-                ms = v.get("measured_ms")
-                if isinstance(ms, list) and len(ms) == round_to + 1:
-                    # the fit is derived from the probe: refitted with this edgeprune's
-                    # fit_step, so a file keeps no staircase this version no longer accepts
-                    ms = [float(x) for x in ms]
-                    v.update(fit_step(ms[0], ms[1:-1], ms[-1]))
+                if axis not in ("c_in", "c_out"):
+                    raise ValueError(f"steps.{kind}.{axis}: the axis must be c_in or c_out")
+                _read_share(v, round_to, f"steps.{kind}.{axis}")
+                if "first" in v:
+                    v["first"] = dict(v["first"])
+                    _read_share(v["first"], round_to, f"steps.{kind}.{axis}.first")
         return steps
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ProfileError(f"{where}: steps are malformed: {e}") from e
 
 
-def _probe_plan(units: Sequence[LayerUnit], round_to: int
-                ) -> dict[tuple[str, str], tuple[LayerUnit, list[tuple[int, int]]]]:
+def _read_share(v: dict[str, Any], round_to: int, where: str) -> None:
+    """Check one fitted step read from a file and refit it from its probe (``measured_ms``):
+    the fit is derived from the probe, so a file keeps no staircase this edgeprune's
+    :func:`fit_step` no longer accepts."""
+    share = v["share"]
+    if (not isinstance(share, list) or len(share) != round_to + 1 or share[0] != 0 or share[-1] != 1
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in share)):
+        raise ValueError(f"{where}: need a share list of round_to + 1 = {round_to + 1} finite "
+                         "numbers from 0 (first) to 1 (last)")
+    v["share"] = [float(x) for x in share]
+    ms = v.get("measured_ms")
+    if isinstance(ms, list) and len(ms) == round_to + 1:
+        ms = [float(x) for x in ms]
+        v.update(fit_step(ms[0], ms[1:-1], ms[-1]))
+
+
+def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, str], Probe]:
     """Where to measure how latency steps, per kind of layer and prunable axis: the layer of
     that kind with the most work per channel pair (its geometry), timed at a grid width
     ``b = 2 x round_to``, at every width up to ``b + round_to``; the other axis at ``b`` (a
-    classifier keeps its fixed class count)."""
+    classifier keeps its fixed class count). And the first step, at every width from 1 to
+    round_to: below one full tile a runtime may take other kernels (on this project's AVX2
+    host XNNPACK's 3x3 conv costs 0.64 of 16 output channels at 4 or 8 of them, and 1.26 at
+    12), so the step past ``b`` does not describe it."""
     b = 2 * round_to
-    widths = list(range(b, b + round_to + 1))
     plan = {}
     for kind in sorted({u.kind for u in units}):
         for axis in (("c_in",) if kind == "dwconv" else ("c_in", "c_out")):
@@ -373,24 +393,35 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int
                 continue
             u = max(cand, key=lambda u: u.out_hw[0] * u.out_hw[1] * u.kernel[0] * u.kernel[1])
             if kind == "dwconv":
-                pts = [(w, 0) for w in widths]
+                other = 0  # its c_out follows c_in
             elif axis == "c_in":
-                pts = [(w, u.c_out if u.fixed_out else b) for w in widths]
+                other = u.c_out if u.fixed_out else b
             else:
-                pts = [(u.c_in if u.fixed_in and kind == "linear" else b, w) for w in widths]
-            plan[(kind, axis)] = (u, pts)
+                other = u.c_in if u.fixed_in and kind == "linear" else b
+
+            def at(w: int, axis: str = axis, other: int = other) -> tuple[int, int]:
+                return (w, other) if axis == "c_in" else (other, w)
+
+            plan[(kind, axis)] = Probe(u, [at(w) for w in range(b, b + round_to + 1)],
+                                       [at(w) for w in range(1, round_to + 1)])
     return plan
 
 
-def _fit_steps(probes: dict[tuple[str, str], tuple[LayerUnit, list[tuple[int, int]]]],
+def _fit_steps(probes: dict[tuple[str, str], Probe],
                points: dict[tuple[str, int, int], float]) -> dict[str, dict[str, dict[str, Any]]]:
     steps: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (kind, axis), (u, pts) in probes.items():
-        ms = [points[(u.signature, ci, co)] for ci, co in pts]
+    for (kind, axis), p in probes.items():
+        def width(pt: tuple[int, int], axis: str = axis) -> int:
+            return pt[0] if axis == "c_in" else pt[1]
+
+        ms = [points[(p.unit.signature, ci, co)] for ci, co in p.step]
+        first = [points[(p.unit.signature, ci, co)] for ci, co in p.first]
         steps[kind][axis] = {
-            "signature": u.signature, "widths": [p[0] if axis == "c_in" else p[1] for p in pts],
-            "other_width": None if kind == "dwconv" else pts[0][1] if axis == "c_in" else pts[0][0],
-            **fit_step(ms[0], ms[1:-1], ms[-1])}
+            "signature": p.unit.signature, "widths": [width(pt) for pt in p.step],
+            "other_width": None if kind == "dwconv" else p.step[0][1] if axis == "c_in" else p.step[0][0],
+            **fit_step(ms[0], ms[1:-1], ms[-1]),
+            # from zero channels (which cost nothing: the tables hold a layer's own time)
+            "first": {"widths": [0, *(width(pt) for pt in p.first)], **fit_step(0.0, first[:-1], first[-1])}}
     return dict(steps)
 
 
@@ -481,11 +512,11 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     # the step probes are timed in this build, side by side, never taken from an earlier profile
     probes = _probe_plan(units, t.round_to)
     queued = {(sig, ci, co) for sig, _, ci, co in todo}
-    for u, pts in probes.values():
-        for ci, co in pts:
-            if (u.signature, ci, co) not in queued:
-                queued.add((u.signature, ci, co))
-                todo.append((u.signature, u, ci, co))
+    for p in probes.values():
+        for ci, co in p.points():
+            if (p.unit.signature, ci, co) not in queued:
+                queued.add((p.unit.signature, ci, co))
+                todo.append((p.unit.signature, p.unit, ci, co))
     # points converted before (by any model, for any target of this runtime and precision)
     hits = {} if lcache is None else {
         (sig, ci, co): p for sig, _, ci, co in todo if (p := lcache.get(sig, ci, co, t)) is not None}
@@ -596,7 +627,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
          "derived_check": twin_check, "points_from_layer_cache": len(hits),
          "calibrations_from_cache": calib_cached,
          "points_from_profile_cache": len(cached),
-         "points_timed": len(keys), "probe_points": sum(len(pts) for _, pts in probes.values())},
+         "points_timed": len(keys), "probe_points": sum(len(p.points()) for p in probes.values())},
         steps=steps,
     )
 
@@ -704,27 +735,45 @@ def _derivable(todo: list[Job], t: Target) -> dict[str, list[Job]]:
         return {}
     by_sig: dict[str, list[Job]] = defaultdict(list)
     for job in todo:
-        by_sig[job[0]].append(job)
+        # one channel is converted, never derived: the converter makes a 1-input-channel conv
+        # a depthwise conv with a depth multiplier (another op, not the template resized)
+        if 1 not in (job[2], job[3]):
+            by_sig[job[0]].append(job)
     return {sig: jobs for sig, jobs in by_sig.items() if len(jobs) >= DERIVE_MIN}
 
 
-def _template_widths(unit: LayerUnit) -> tuple[int, int]:
+def _template_widths(unit: LayerUnit, jobs: Sequence[Job] = ()) -> tuple[int, int]:
     """(c_in, c_out) of ``unit``'s template: widths no other dimension of the converted graph
     takes (map sizes with their padding, kernel, ranks), so each dimension equal to one is a
-    channel axis. A depthwise layer's c_out is 0 (it follows c_in)."""
+    channel axis; where there are enough, also widths none of the points it stands for
+    (``jobs``) takes, so the template is not one of them. A depthwise layer's c_out is 0 (it
+    follows c_in)."""
     taken = {1, 2, 3, 4, *unit.kernel, *unit.stride}
     reach = 2 * max(unit.padding) + max(unit.kernel) + 1
     for n in (*unit.in_hw, *unit.out_hw):
         taken.update(range(n, n + reach))
     free = [w for w in _TEMPLATE_WIDTHS if w not in taken]
+    points = {w for job in jobs for w in job[2:]}
+    free = [w for w in free if w not in points] + [w for w in free if w in points]
     return (free[0], 0) if unit.kind == "dwconv" else (free[0], free[1])
 
 
 def _conversions_planned(todo: list[Job], t: Target, lcache) -> int:
     """Progress steps for making ``todo``: one per point (converted or derived) and one per
     template not yet in the layer cache."""
-    templates = [(sig, *_template_widths(jobs[0][1])) for sig, jobs in _derivable(todo, t).items()]
+    templates = [(sig, *_template_widths(jobs[0][1], jobs)) for sig, jobs in _derivable(todo, t).items()]
     return len(todo) + sum(1 for k in templates if lcache is None or lcache.get(*k, t) is None)
+
+
+@dataclass
+class Probe:
+    """The points of one step probe: ``step`` is b..b+round_to, ``first`` is 1..round_to."""
+    unit: LayerUnit
+    step: list[tuple[int, int]]
+    first: list[tuple[int, int]]
+
+    def points(self) -> list[tuple[int, int]]:
+        return [*self.step, *self.first]
 
 
 @dataclass
@@ -749,12 +798,13 @@ def _make_points(todo: list[Job], t: Target, d: Path, workers: int, lcache,
 
     plans = _derivable(todo, t)
     suffix = ARTIFACT_SUFFIX[t.runtime]
-    direct = [job for job in todo if job[0] not in plans]
+    derivable = {(sig, ci, co) for jobs in plans.values() for sig, _, ci, co in jobs}
+    direct = [job for job in todo if (job[0], job[2], job[3]) not in derivable]
     templates: list[Job] = []
     derive: dict[str, tuple[tuple[str, int, int], Path | None, list[Job], list[Job]]] = {}
     for sig, jobs in plans.items():
         unit = jobs[0][1]
-        tkey = (sig, *_template_widths(unit))
+        tkey = (sig, *_template_widths(unit, jobs))
         widths = sorted(jobs, key=lambda j: (j[2], j[3]))
         checks = [widths[0], widths[-1]]
         tpl = lcache.get(*tkey, t) if lcache is not None else None

@@ -163,7 +163,12 @@ def test_the_profile_measures_how_latency_steps_per_kind_of_layer(mini):
             assert st["widths"] == list(range(2 * r, 3 * r + 1)) and len(st["measured_ms"]) == r + 1
             assert len(st["share"]) == r + 1 and (st["share"][0], st["share"][-1]) == (0.0, 1.0)
             assert st["flat"] or st["irregular"] or r % st["step"] == 0
-    assert prof.build["probe_points"] == 4 * (r + 1)
+            first = st["first"]  # the first step, from zero channels
+            assert first["widths"] == list(range(r + 1)) and first["measured_ms"][0] == 0.0
+            assert all(v >= 0 for v in first["measured_ms"])  # a tiny layer may time at the overhead
+            assert kind != "conv" or first["measured_ms"][-1] > 0
+            assert len(first["share"]) == r + 1 and (first["share"][0], first["share"][-1]) == (0.0, 1.0)
+    assert prof.build["probe_points"] == 4 * (2 * r + 1)
 
 
 def _with_steps(prof, tile):
@@ -176,6 +181,8 @@ def _with_steps(prof, tile):
 
 
 def test_a_loaded_profile_refits_its_steps_from_the_probe(mini, tmp_path):
+    from edgeprune.profiling.table import fit_step
+
     # the probe of an older file (ONNX Runtime, AVX-512 host, 32..48 input channels) stored a
     # 4-tile staircase of height 2.29, which prices 44 channels at 1.72 steps (measured: 1.07);
     # loading refits it with this edgeprune's fit_step (irregular: the measured shares)
@@ -189,6 +196,12 @@ def test_a_loaded_profile_refits_its_steps_from_the_probe(mini, tmp_path):
     st = LatencyProfile.load(path).steps["conv"]["c_in"]
     assert st["irregular"] and st["step"] is None
     assert st["share"][12] == pytest.approx(1.067, abs=1e-3) and st["share"] != stale
+    # the first step is refitted from its own probe too
+    _edit(path, lambda d: d["steps"]["conv"]["c_in"]["first"].update(
+        measured_ms=[0.0, *ms[1:]], share=stale, step=4, height=2.2941, irregular=False))
+    first = LatencyProfile.load(path).steps["conv"]["c_in"]["first"]
+    assert first["share"] != stale and first["share"] == pytest.approx(
+        fit_step(0.0, ms[1:-1], ms[-1])["share"])
 
 
 def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
@@ -202,6 +215,28 @@ def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
     lo = line.predict_ms(randomize_bn(TinyNet(width=16)))
     assert line.predict_ms(off) < _with_steps(prof, 16).predict_ms(off)
     assert lo < line.predict_ms(off) < line.predict_ms(up)
+
+
+def test_a_width_below_round_to_pays_the_first_steps_share(mini):
+    """Below one round_to step a runtime may take other kernels than past it (XNNPACK's 3x3
+    conv on this project's AVX2 host: 8 output channels cost 0.6 of 16, 12 cost 1.2 of 16), so
+    widths 1..round_to-1 take the first step's own probe; a file without it refuses them."""
+    _, prof = mini
+    r = prof.target.round_to
+    first = [0.0, *[0.6] * 8, *[1.2] * 7, 1.0]
+    p = dataclasses.replace(prof, steps={k: {a: {**st, "first": {**st["first"], "share": first}}
+                                             for a, st in axes.items()} for k, axes in prof.steps.items()})
+    u = next(u for u in p.units(randomize_bn(TinyNet(width=32)))
+             if u.kind == "conv" and not u.fixed_out and r in p.tables[u.signature].c_out)
+    full = p.layer_ms(u, u.c_in, r)
+    assert p.layer_ms(u, u.c_in, 8) == pytest.approx(0.6 * full)
+    assert p.layer_ms(u, u.c_in, 12) == pytest.approx(1.2 * full)
+    assert p.layer_ms(u, u.c_in, r + 8) == pytest.approx(prof.layer_ms(u, u.c_in, r + 8))  # past it: the step probe
+    old = dataclasses.replace(prof, steps={k: {a: {x: v for x, v in st.items() if x != "first"}
+                                               for a, st in axes.items()} for k, axes in prof.steps.items()})
+    with pytest.raises(ProfileError, match=f"c_out=8, off the profile's {r}-channel grid.*first step.*re-profile"):
+        old.layer_ms(u, u.c_in, 8)
+    assert old.layer_ms(u, u.c_in, r + 4) == prof.layer_ms(u, u.c_in, r + 4)
 
 
 def test_a_profile_without_steps_refuses_off_grid_widths(mini):

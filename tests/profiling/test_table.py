@@ -154,3 +154,14 @@ def test_a_width_below_the_first_step_climbs_from_zero_channels():
     assert t.lookup(8, 16, share_in=line) == pytest.approx(0.5)  # not clamped to 16's 1.0
     assert t.lookup(8, 8, share_in=line, share_out=tile16) == pytest.approx(0.5)
     assert t.lookup(4, 40, share_in=line, share_out=line) == pytest.approx(0.25 * 2.0)  # c_out clamps
+
+
+def test_fit_step_reads_a_narrower_kernel_below_one_tile():
+    # resnet20's first-step probe of a 3x3 conv's output channels (1..16 at 32x32, 32 in)
+    # on this project's AVX2 host: up to 8 channels XNNPACK runs an 8-wide kernel at 0.6 of
+    # 16 channels' cost, 9..15 take two of them (1.2x), 16 one 16-wide tile
+    ms = [0.0, 0.057623, 0.057813, 0.057934, 0.059477, 0.058375, 0.059657, 0.059081, 0.05898,
+          0.117014, 0.119028, 0.117736, 0.116333, 0.118162, 0.117456, 0.118312, 0.096566]
+    fit = fit_step(ms[0], ms[1:-1], ms[-1])
+    assert (fit["step"], fit["irregular"]) == (8, False) and fit["height"] == pytest.approx(1.218, abs=2e-3)
+    assert fit["share"][8] == pytest.approx(0.609, abs=2e-3) and fit["share"][12] > 1.2
