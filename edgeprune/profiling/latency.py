@@ -342,6 +342,7 @@ def _step_str(st: dict[str, Any]) -> str:
     kind = "flat" if st.get("flat") else "irregular" if st.get("irregular") else str(st.get("step"))
     return kind + (f" x{st['height']:.2f}" if st.get("height") not in (None, 1.0) else "")
 
+
 def _read_steps(d: Any, round_to: int, where: str) -> dict[str, dict[str, dict[str, Any]]] | None:
     if d is None:
         return None
@@ -376,14 +377,14 @@ def _read_share(v: dict[str, Any], round_to: int, where: str) -> None:
         v.update(fit_step(ms[0], ms[1:-1], ms[-1]))
 
 
-def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, str], Probe]:
+def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, str], _Probe]:
     """Where to measure how latency steps, per kind of layer and prunable axis: the layer of
     that kind with the most work per channel pair (its geometry), timed at a grid width
     ``b = 2 x round_to``, at every width up to ``b + round_to``; the other axis at ``b`` (a
     classifier keeps its fixed class count). And the first step, at every width from 1 to
     round_to: below one full tile a runtime may take other kernels (on this project's AVX2
-    host XNNPACK's 3x3 conv costs 0.64 of 16 output channels at 4 or 8 of them, and 1.26 at
-    12), so the step past ``b`` does not describe it."""
+    host XNNPACK's 3x3 conv costs about 0.6 of 16 output channels at 1-8 of them, and 1.2 at
+    9-15), so the step past ``b`` does not describe it."""
     b = 2 * round_to
     plan = {}
     for kind in sorted({u.kind for u in units}):
@@ -403,12 +404,12 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, st
             def at(w: int, axis: str = axis, other: int = other) -> tuple[int, int]:
                 return (w, other) if axis == "c_in" else (other, w)
 
-            plan[(kind, axis)] = Probe(u, [at(w) for w in range(b, b + round_to + 1)],
-                                       [at(w) for w in range(1, round_to + 1)])
+            plan[(kind, axis)] = _Probe(u, [at(w) for w in range(b, b + round_to + 1)],
+                                        [at(w) for w in range(1, round_to + 1)])
     return plan
 
 
-def _fit_steps(probes: dict[tuple[str, str], Probe],
+def _fit_steps(probes: dict[tuple[str, str], _Probe],
                points: dict[tuple[str, int, int], float]) -> dict[str, dict[str, dict[str, Any]]]:
     steps: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for (kind, axis), p in probes.items():
@@ -783,7 +784,7 @@ def _conversions_planned(todo: list[Job], t: Target, lcache) -> int:
 
 
 @dataclass
-class Probe:
+class _Probe:
     """The points of one step probe: ``step`` is b..b+round_to, ``first`` is 1..round_to."""
     unit: LayerUnit
     step: list[tuple[int, int]]
