@@ -46,7 +46,12 @@ from edgeprune.agent import cpu_identity
 from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.blocks import remove_blocks, removed_under, residual_blocks
 from edgeprune.graph.layers import LayerUnit, layer_units
-from edgeprune.profiling.measurement import check_measurable, convert_for, time_artifacts
+from edgeprune.profiling.measurement import (
+    check_measurable,
+    convert_for,
+    time_artifacts,
+    time_rounds,
+)
 from edgeprune.profiling.table import LayerTable, axis_grid, fit_step
 from edgeprune.targets import ARTIFACT_SUFFIX, Target, load_target
 from edgeprune.types import Progress
@@ -154,10 +159,13 @@ class LatencyProfile:
         share = st.get("share")
         if share is not None:
             return share
-        why = ("was made before edgeprune measured channel steps" if self.steps is None
-               else f"has no measured step for the {axis} of {table.kind} layers (every profiled "
-                    "layer had it fixed)" if not (self.steps.get(table.kind, {}).get(axis))
-               else f"was made before edgeprune measured the first step (1..{r - 1} channels)")
+        if self.steps is None:
+            why = "was made before edgeprune measured channel steps"
+        elif not self.steps.get(table.kind, {}).get(axis):
+            why = (f"has no measured step for the {axis} of {table.kind} layers (every profiled "
+                   "layer had it fixed)")
+        else:
+            why = f"was made before edgeprune measured the first step (1..{r - 1} channels)"
         raise ProfileError(
             f"layer {unit.path!r} has {axis}={width}, off the profile's {r}-"
             f"channel grid, and the profile {why}, so it cannot say how {self.target.runtime}'s "
@@ -574,13 +582,11 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         # widths, and one round of this project's VMs has put single points a whole step off
         # (a state that slows every run for seconds hits the points timed then); each probe
         # point is the median of its rounds (the overhead is taken off each round's own)
-        rounds = [[fresh[k] for k in probe_keys]]
         m0 = time.perf_counter()
-        for r in range(1, PROBE_ROUNDS):
-            more = time_artifacts([probe, *(paths[k] for k in probe_keys)], t, seed=r, device=device,
-                                  on_pass=lambda i, n, r=r: tick(f"probe round {r + 1}: {i}/{n}"))
-            rounds.append([max(0.0, st.median_ms - more[0].median_ms) for st in more[1:]])
+        _, more = time_rounds([probe, *(paths[k] for k in probe_keys)], t, PROBE_ROUNDS - 1,
+                              device=device, on_pass=lambda i, n: tick(f"probe rounds: {i}/{n}"))
         measure_s += time.perf_counter() - m0
+        rounds = [[fresh[k] for k in probe_keys], *([max(0.0, v - r[0]) for v in r[1:]] for r in more)]
         fresh.update({k: statistics.median(v) for k, *v in zip(probe_keys, *rounds, strict=True)})
         twin_check = [{"signature": k[0], "c_in": k[1], "c_out": k[2],
                        "converted_ms": round(stats[1 + keys.index(k)].median_ms, 5),

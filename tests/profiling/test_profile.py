@@ -652,7 +652,8 @@ def test_a_state_that_slows_one_probe_round_does_not_move_the_steps(tmp_path, mo
 
     def build(slow):
         calls.clear()
-        monkeypatch.setattr(latency, "time_artifacts", lambda *a, **k: fake(*a, **k, slow=slow))
+        for mod in (latency, measure_mod):  # the extra rounds go through measurement.time_rounds
+            monkeypatch.setattr(mod, "time_artifacts", lambda *a, **k: fake(*a, **k, slow=slow))
         return profile(TinyNet(width=32).eval(), target="host-onnxruntime", input_shape=SHAPE, max_points=2,
                        layer_cache=tmp_path / "layers").steps
 
