@@ -11,13 +11,16 @@ from typing import Any
 from edgeprune.errors import ProfileError
 
 
-def axis_grid(full: Iterable[int], fixed: Iterable[int], *, round_to: int, max_points: int) -> tuple[int, ...]:
+def axis_grid(full: Iterable[int], fixed: Iterable[int], *, round_to: int, max_points: int,
+              thin: int = 0) -> tuple[int, ...]:
     """Grid of widths for one axis.
 
     ``full``: widths this axis takes at full size in prunable layers; their grid runs from
     ``round_to`` to the largest in steps of ``round_to``, thinned evenly to ``max_points`` (ends
     kept). ``fixed``: widths of layers that never change (the model's input channels, the
-    classifier's outputs); they are measured exactly.
+    classifier's outputs); they are measured exactly. ``thin`` (0 < thin < round_to): one
+    width below the grid, measured too (beyond ``max_points``), so a layer pruned below
+    round_to is priced from its own measurement there, not from zero channels.
     """
     full, fixed = sorted(set(full)), sorted(set(fixed))
     pts: set[int] = set(fixed)
@@ -28,6 +31,8 @@ def axis_grid(full: Iterable[int], fixed: Iterable[int], *, round_to: int, max_p
             idx = {round(i * (len(steps) - 1) / (max_points - 1)) for i in range(max_points)}
             steps = [steps[i] for i in sorted(idx)]
         pts |= set(steps) | set(full)
+        if 0 < thin < min(round_to, hi):
+            pts.add(thin)
     if not pts:
         raise ProfileError("an axis with no widths cannot be profiled")
     return tuple(sorted(pts))
@@ -116,15 +121,26 @@ def _off_grid(grid: Sequence[int], w: float, share: Sequence[float] | None
     """Widths and weights that stand for ``w`` on one axis: ``w`` itself when it was measured
     or no step is known; else the multiples of round_to around it, weighted by the share of
     the step that ``w`` pays. Below round_to the step starts from zero channels, which cost
-    nothing: the tables hold a layer's own latency, the invoke overhead is subtracted."""
+    nothing (the tables hold a layer's own latency, the invoke overhead is subtracted), or
+    from a grid width measured below round_to (``axis_grid``'s ``thin``): then ``w`` sits
+    between the measured widths around it, weighted by how much of the share between them it
+    pays. Measured there, a layer's cost at a few channels keeps what it pays whatever its
+    width (its passes over the map, the kernel's set-up), which a share of the width at
+    round_to scales away."""
     if share is None or w in grid:
         return [(w, 1.0)]
     r = len(share) - 1
     lo = (int(w) // r) * r
     a = share[int(w) - lo]
-    if lo == 0:  # below the first step: a layer of no channels does no work (overhead is apart)
-        return [(r, a)]
-    return [(lo, 1.0 - a), (lo + r, a)]
+    if lo > 0:
+        return [(lo, 1.0 - a), (lo + r, a)]
+    below = [g for g in grid if g < r]
+    lo = max((g for g in below if g < w), default=0)
+    hi = min((g for g in below if g > w), default=r)
+    span = share[hi] - share[lo]
+    a = (a - share[lo]) / span if span > 0 else 0.0
+    # a layer of no channels does no work
+    return [(hi, a)] if lo == 0 else [(lo, 1.0 - a), (hi, a)]
 
 
 def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,11 +50,12 @@ def test_a_model_with_residual_blocks_is_calibrated_without_them_too():
         torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), BasicBlock(32, 32, 1), BasicBlock(32, 32, 1),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))).eval()
     prof = profile(model, target="host-onnxruntime", input_shape=SHAPE, max_points=2)
-    assert [(c["keep"], c["blocks_removed"]) for c in prof.calibration] == [(1.0, 0), (0.6, 0), (0.3, 0), (0.3, 2)]
+    assert [(c["keep"], c["blocks_removed"]) for c in prof.calibration] == [
+        (1.0, 0), (0.6, 0), (0.3, 0), (0.3, 2), (None, 0)]
     x = torch.zeros(1, *SHAPE)
     thin = shrink_to_widths(model, x, {g.name: 16 for g in group_structure(model, x)})  # 0.3 of 32 -> 16
     blockless = remove_blocks(thin, ["2", "3"])
-    row = prof.calibration[-1]
+    row = prof.calibration[3]
     assert prof.predict_ms(blockless) == pytest.approx(row["predicted_ms"], rel=1e-9)
     assert row["measured_ms"] > 0 and len(row["pass_medians_ms"]) == prof.target.measure.passes
 
@@ -63,10 +65,11 @@ def test_profile_contents(mini):
     assert prof.source == "measured" and prof.target.threads == 1
     assert set(prof.layers) == {u.path for u in layer_units(model, SHAPE)}
     stem = prof.tables[prof.layers["stem.0"]]
-    assert stem.c_in == (3,) and stem.c_out == (16, 32)  # input channels are fixed
+    # input channels are fixed; output channels are measured at round_to / 4 too
+    assert stem.c_in == (3,) and stem.c_out == (4, 16, 32)
     assert prof.tables[prof.layers["fc"]].c_out == (10,)  # classes are fixed
     assert prof.tables[prof.layers["dw.0"]].kind == "dwconv"
-    assert len(prof.calibration) == 3 and prof.overhead_ms > 0
+    assert len(prof.calibration) == 4 and prof.overhead_ms > 0
     assert prof.host["cores"] >= 1 and prof.runtime_version
     breakdown = prof.breakdown(model)
     assert sum(breakdown.values()) == pytest.approx(prof.predict_ms(model))
@@ -221,7 +224,8 @@ def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
 def test_a_width_below_round_to_pays_the_first_steps_share(mini):
     """Below one round_to step a runtime may take other kernels than past it (XNNPACK's 3x3
     conv on this project's AVX2 host: 8 output channels cost 0.6 of 16, 12 cost 1.2 of 16), so
-    widths 1..round_to-1 take the first step's own probe; a file without it refuses them."""
+    widths 1..round_to-1 take the first step's own probe, between zero channels, the width
+    measured at round_to / 4 and round_to; a file without it refuses them."""
     _, prof = mini
     r = prof.target.round_to
     first = [0.0, *[0.6] * 8, *[1.2] * 7, 1.0]
@@ -229,9 +233,11 @@ def test_a_width_below_round_to_pays_the_first_steps_share(mini):
                                              for a, st in axes.items()} for k, axes in prof.steps.items()})
     u = next(u for u in p.units(randomize_bn(TinyNet(width=32)))
              if u.kind == "conv" and not u.fixed_out and r in p.tables[u.signature].c_out)
-    full = p.layer_ms(u, u.c_in, r)
-    assert p.layer_ms(u, u.c_in, 8) == pytest.approx(0.6 * full)
-    assert p.layer_ms(u, u.c_in, 12) == pytest.approx(1.2 * full)
+    assert r // 4 in p.tables[u.signature].c_out
+    full, thin = p.layer_ms(u, u.c_in, r), p.layer_ms(u, u.c_in, r // 4)
+    assert p.layer_ms(u, u.c_in, 8) == pytest.approx(thin)  # the tile the thin width fills
+    assert p.layer_ms(u, u.c_in, 12) == pytest.approx(thin + (1.2 - 0.6) / (1 - 0.6) * (full - thin))
+    assert p.layer_ms(u, u.c_in, 2) == pytest.approx(thin)  # 0.6 of the step from zero, as 4 is
     assert p.layer_ms(u, u.c_in, r + 8) == pytest.approx(prof.layer_ms(u, u.c_in, r + 8))  # past it: the step probe
     old = dataclasses.replace(prof, steps={k: {a: {x: v for x, v in st.items() if x != "first"}
                                                for a, st in axes.items()} for k, axes in prof.steps.items()})
@@ -268,10 +274,10 @@ def test_reprofiling_with_cache_measures_no_layer_points(mini, monkeypatch):
 
     monkeypatch.setattr("edgeprune.profiling.latency.convert_for", counting)
     again = profile(model, target=prof.target, input_shape=SHAPE, max_points=2, cache=prof)
-    # only the overhead probe (fast) is converted: the three end-to-end calibration networks
+    # only the overhead probe (fast) is converted: the four end-to-end calibration networks
     # come from the layer cache the first profile filled
     assert calls.count(True) == 1 and calls.count(False) == 0
-    assert again.build["calibrations_from_cache"] == 3
+    assert again.build["calibrations_from_cache"] == 4
     assert again.tables == prof.tables
     assert [c["keep"] for c in again.calibration] == [c["keep"] for c in prof.calibration]
 
@@ -356,7 +362,7 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     passes = prof.target.measure.passes
     assert [p.step for p in seen] == list(range(1, len(seen) + 1))
     # probe + the points not in the layer cache converted, then all points timed in passes;
-    # three calibrations converted and timed
+    # four calibrations converted and timed
     converted, timed = prof.build["points_converted"], prof.build["points_timed"]
     assert converted + prof.build["points_from_layer_cache"] == timed
     assert points < timed <= points + prof.build["probe_points"]  # the step probes are timed too
@@ -364,7 +370,7 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     rounds = prof.build["probe_rounds"]
     assert rounds == PROBE_ROUNDS >= 3
     assert seen[-1].step == seen[-1].total == 1 + converted + passes * (1 + timed) \
-        + (rounds - 1) * passes * (1 + prof.build["probe_points"]) + 3 * (1 + passes)
+        + (rounds - 1) * passes * (1 + prof.build["probe_points"]) + 4 * (1 + passes)
     assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
 
 
@@ -434,6 +440,22 @@ def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
     assert torch.equal(dense.layer1[0].bn2.weight, torch.ones(16))
 
 
+def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
+    """The fit ends at the thinnest networks a user may bring (another tool's pruning at 4
+    channels): the last calibration has every group at round_to / 4 channels, its layers
+    priced below round_to by the first-step probe, and is predicted as its row says."""
+    from edgeprune.graph import group_structure, shrink_to_widths
+
+    model, prof = mini
+    row = prof.calibration[-1]
+    r = prof.target.round_to
+    assert row["keep"] is None and row["width"] == r // 4 and row["blocks_removed"] == 0
+    x = torch.zeros(1, *SHAPE)
+    thin = shrink_to_widths(model, x, {g.name: r // 4 for g in group_structure(model, x)})
+    assert prof.predict_ms(thin) == pytest.approx(row["predicted_ms"], rel=1e-9)
+    assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
+
+
 def test_remainder_fit_recovers_scale_and_intercept_golden():
     from edgeprune.profiling.latency import _fit_remainder
 
@@ -444,6 +466,25 @@ def test_remainder_fit_recovers_scale_and_intercept_golden():
     broken = [{"layers_ms": v, "measured_ms": m} for v, m in ((2.0, 1.0), (1.0, 1.5), (0.4, 1.8))]
     intercept, scale = _fit_remainder(broken)
     assert scale == 1.0 and intercept == pytest.approx((-1.0 + 0.5 + 1.4) / 3)
+
+
+def test_remainder_fit_weighs_relative_error():
+    """Calibrations that no line fits exactly (1 ms down to a thin copy at 0.1 ms): the fit
+    minimises relative error, so the thin row is not sacrificed to the full one's absolute
+    size (an absolute least squares misses it by 9% here, this fit by 2%)."""
+    from edgeprune.profiling.latency import _fit_remainder
+
+    calib = [{"layers_ms": v, "measured_ms": m} for v, m in ((1.0, 1.0), (0.5, 0.55), (0.3, 0.3), (0.05, 0.1))]
+
+    def rel_errors(intercept, scale):
+        return np.array([(scale * c["layers_ms"] + intercept) / c["measured_ms"] - 1 for c in calib])
+
+    a = np.array([[1.0, c["layers_ms"]] for c in calib])
+    b = np.array([c["measured_ms"] for c in calib])
+    absolute = rel_errors(*np.linalg.lstsq(a, b, rcond=None)[0])
+    fitted = rel_errors(*_fit_remainder(calib))
+    assert abs(absolute[-1]) > 0.08 and abs(fitted[-1]) < 0.03
+    assert (fitted ** 2).sum() < (absolute ** 2).sum()
 
 
 def test_prediction_is_scaled_tables_plus_intercept(mini):
@@ -495,14 +536,14 @@ def test_the_layer_cache_converts_each_point_once_and_is_really_read(tmp_path):
     assert n == first.build["points_timed"] and first.build["points_from_layer_cache"] == 0
     files = sorted(cache.glob("onnxruntime-fp32/*.onnx"))
     assert len(files) == n
-    # the three calibration networks, one file per distinct network (keep 0.6 and 0.3 of 32
+    # the four calibration networks, one file per distinct network (keep 0.6 and 0.3 of 32
     # channels both round to 16: one network, converted once, its file reused the same build)
     networks = list(cache.glob("networks-onnxruntime-fp32/*.onnx"))
-    assert len(networks) == 2 and first.build["calibrations_from_cache"] == 1
+    assert len(networks) == 3 and first.build["calibrations_from_cache"] == 1
     second = profile(randomize_bn(TinyNet(width=32), seed=1), target="host-onnxruntime",
                      input_shape=SHAPE, max_points=2, layer_cache=cache)
     assert (second.build["points_converted"], second.build["points_from_layer_cache"]) == (0, n)
-    assert second.build["calibrations_from_cache"] == 3  # other weights, the same networks
+    assert second.build["calibrations_from_cache"] == 4  # other weights, the same networks
     assert second.build["convert_s"] >= 0 and second.build["measure_s"] > 0
     assert {s: (t.c_in, t.c_out) for s, t in second.tables.items()} == \
         {s: (t.c_in, t.c_out) for s, t in first.tables.items()}

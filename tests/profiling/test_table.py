@@ -23,6 +23,13 @@ def test_axis_grid_keeps_fixed_and_odd_full_widths():
     assert axis_grid([], [10], round_to=8, max_points=5) == (10,)
 
 
+def test_axis_grid_measures_one_thin_width_below_round_to():
+    assert axis_grid([32], [], round_to=8, max_points=5, thin=2) == (2, 8, 16, 24, 32)
+    assert axis_grid([64], [3], round_to=16, max_points=2, thin=4) == (3, 4, 16, 64)
+    assert axis_grid([], [10], round_to=8, max_points=5, thin=2) == (10,)  # nothing is pruned
+    assert axis_grid([3], [], round_to=8, max_points=5, thin=4) == (3,)  # nothing that thin is needed
+
+
 def _table():
     # latency = 1 + 0.1 * c_in + 0.01 * c_out on the grid (bilinear is exact for it)
     ci, co = (8, 16, 32), (8, 24)
@@ -154,6 +161,25 @@ def test_a_width_below_the_first_step_climbs_from_zero_channels():
     assert t.lookup(8, 16, share_in=line) == pytest.approx(0.5)  # not clamped to 16's 1.0
     assert t.lookup(8, 8, share_in=line, share_out=tile16) == pytest.approx(0.5)
     assert t.lookup(4, 40, share_in=line, share_out=line) == pytest.approx(0.25 * 2.0)  # c_out clamps
+
+
+def test_a_width_below_round_to_climbs_from_the_thin_width_measured_there():
+    """A layer at 4 channels measured at 0.5 ms where 16 cost 1.0 (half of it paid whatever
+    the width): 8 and 12 channels are priced between the two measurements by the probe's
+    share, 2 channels below 4 by the share from zero; without the thin column the share
+    scales the width-16 cost and prices 8 channels at 0.5, missing the fixed part."""
+    line = fit_step(1.0, _staircase(1), 2.0)["share"]  # d / 16
+    tile8 = fit_step(1.0, _staircase(8), 2.0)["share"]  # 0.5 up to 8 channels, then 1.0
+    t = LayerTable("conv:t", "conv", (16,), (4, 16, 32), ((0.5, 1.0, 2.0),))
+    assert t.lookup(16, 8, share_out=line) == pytest.approx(0.5 + 0.5 * (0.5 - 0.25) / 0.75)
+    assert t.lookup(16, 12, share_out=line) == pytest.approx(0.5 + 0.5 * (0.75 - 0.25) / 0.75)
+    assert t.lookup(16, 2, share_out=line) == pytest.approx(0.5 * 0.125 / 0.25)
+    assert t.lookup(16, 4, share_out=line) == 0.5  # measured
+    # a tile the thin width already fills costs what it cost there
+    assert t.lookup(16, 7, share_out=tile8) == pytest.approx(0.5)
+    assert t.lookup(16, 12, share_out=tile8) == pytest.approx(1.0)
+    no_thin = LayerTable("conv:t", "conv", (16,), (16, 32), ((1.0, 2.0),))
+    assert no_thin.lookup(16, 8, share_out=line) == pytest.approx(0.5)
 
 
 def test_fit_step_reads_a_narrower_kernel_below_one_tile():
