@@ -61,9 +61,9 @@ FORMAT = "edgeprune-latency-profile"
 CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 # a model with removable residual blocks gets one more calibration: the 0.3 copy with every
 # block removed, so the fit has seen the networks the pruner makes below the channel floor;
-# and every model one at round_to / THIN_DIV channels per group (4 of 16): without it the fit
-# ended at 0.3 and a model thinned to 4-20 channels (another tool's, a user's) extrapolated
-# its intercept, 25% under on LiteRT and 20% over on ONNX Runtime (docs/profiles.md)
+# and every model one at round_to / THIN_DIV channels per group (4 of 16), the width each
+# table also measures below its grid: a model thinned to 4-20 channels (another tool's, a
+# user's) came out 25% low on LiteRT without them (docs/profiles.md, small models)
 THIN_DIV = 4
 
 
