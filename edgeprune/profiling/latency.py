@@ -67,6 +67,11 @@ CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 THIN_DIV = 4
 
 
+def _thin_width(round_to: int) -> int:
+    """The width below the grid that every table and the thinnest calibration measure."""
+    return max(1, round_to // THIN_DIV)
+
+
 def host_identity() -> dict[str, Any]:
     """This machine as a profile records it: CPU model name, id and kernel instruction sets
     (:func:`edgeprune.agent.cpu_identity`), cores, architecture, OS, hostname."""
@@ -450,10 +455,10 @@ def _points_needed(units: Sequence[LayerUnit], round_to: int, max_points: int
     for u in units:
         by_sig[u.signature].append(u)
     plan = {}
+    thin = _thin_width(round_to)
     for sig, us in by_sig.items():
         # a linear head's c_in is flattened features; its cost is linear in them, so the
         # thinned grid with interpolation covers any channel count
-        thin = max(1, round_to // THIN_DIV)
         c_in = axis_grid([u.c_in for u in us if not u.fixed_in], [u.c_in for u in us if u.fixed_in],
                          round_to=round_to, max_points=max_points, thin=thin)
         if us[0].kind == "dwconv":
@@ -545,7 +550,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     passes = t.measure.passes
     example = torch.zeros(1, *shape)
     blocks = tuple(b.name for b in residual_blocks(model, example))
-    thin = max(1, t.round_to // THIN_DIV)
+    thin = _thin_width(t.round_to)
     calibrations: list[tuple[float | None, tuple[str, ...]]] = [(keep, ()) for keep in CALIBRATION_KEEP]
     if blocks:
         calibrations.append((CALIBRATION_KEEP[-1], blocks))
