@@ -21,7 +21,7 @@ def test_host_litert_fields():
     t = load_target("host-litert")
     assert (t.runtime, t.precision, t.threads, t.delegate, t.round_to) == ("litert", "fp32", 1, "xnnpack", 16)
     assert t.is_local and not t.is_analytical
-    assert (t.measure.warmup, t.measure.runs, t.measure.passes) == (10, 50, 3)
+    assert (t.measure.warmup, t.measure.runs, t.measure.passes) == (10, 20, 7)
     assert load_target("raspberry-pi-4-litert").connection.startswith("agent://")
     assert load_target("macs").is_analytical
     pi = load_target("raspberry-pi-4-litert")

@@ -42,7 +42,7 @@ def test_a_model_on_an_int8_target_is_converted_to_full_int8_and_measured(tmp_pa
     sess = open_session(path, runtime="litert")
     assert sess.has_int8_tensors and sess.input_dtype == np.int8 and sess.output_dtype == np.int8
     st = edgeprune.measure(model, target=INT8, input_shape=SHAPE)
-    assert st.median_ms > 0 and st.passes == 3
+    assert st.median_ms > 0 and st.passes == load_target(INT8).measure.passes
 
 
 def test_the_synthetic_calibration_changes_ranges_only_never_the_graph(tmp_path):
