@@ -188,6 +188,14 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
             "baseline_ratio": round(again[0].median_ms / base_ms, 4)},
         "profile_build_s": round(build_s, 1),
         "profile_points": sum(t.points() for t in prof.tables.values()),
+        # the profile's own end-to-end fit, so a row that misses can be read back to its build
+        "profile_fit": {"overhead_ms": round(prof.overhead_ms, 5),
+                        "remainder_intercept_ms": round(prof.remainder_intercept_ms, 5),
+                        "layer_scale": round(prof.layer_scale, 4),
+                        "calibration": [{k: (round(v, 5) if isinstance(v, float) else v)
+                                         for k, v in c.items() if k != "pass_medians_ms"}
+                                        | {"pass_medians_ms": [round(v, 5) for v in c["pass_medians_ms"]]}
+                                        for c in prof.calibration]},
         "steps": {kind: {axis: _step_summary(v) for axis, v in axes.items()}
                   for kind, axes in (prof.steps or {}).items()},
         "baseline": {"measured_ms": round(base_ms, 5), "predicted_ms": round(base_pred, 5),
