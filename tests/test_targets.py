@@ -21,7 +21,7 @@ def test_host_litert_fields():
     t = load_target("host-litert")
     assert (t.runtime, t.precision, t.threads, t.delegate, t.round_to) == ("litert", "fp32", 1, "xnnpack", 16)
     assert t.is_local and not t.is_analytical
-    assert (t.measure.warmup, t.measure.runs, t.measure.passes) == (10, 20, 7)
+    assert (t.measure.warmup, t.measure.runs, t.measure.passes, t.measure.pass_interval_s) == (10, 20, 7, 1.0)
     assert load_target("raspberry-pi-4-litert").connection.startswith("agent://")
     assert load_target("macs").is_analytical
     pi = load_target("raspberry-pi-4-litert")
@@ -66,6 +66,9 @@ def _write(tmp_path, body, name="mydev"):
     ('name = "mydev"\nruntime = "litert"\n[measure]\nruns = 2\n', "measure.runs = 2"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\nrepeat = 2\n', "measure.repeat"),
     ('name = "mydev"\nruntime = "litert"\n[measure]\npasses = 0\n', "measure.passes = 0"),
+    ('name = "mydev"\nruntime = "litert"\n[measure]\npass_interval_s = -1\n', "measure.pass_interval_s = -1"),
+    ('name = "mydev"\nruntime = "litert"\nconnection = "agent://pi:7420"\n[measure]\npass_interval_s = 1\n',
+     "the device agent does not space its passes"),
     ('name = "mydev"\nruntime = "litert"\n[tolerance]\ntop1_agreement = 0.9\n', "['tolerance']"),
     ('name = "mydev"\nruntime = "litert"\ndelegate = "gpu"\n', "delegate = 'gpu'"),
     ('name = "mydev"\nruntime = "onnxruntime"\ndelegate = "xnnpack"\n', "delegate = 'xnnpack'"),

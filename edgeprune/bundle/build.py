@@ -309,7 +309,8 @@ def _check_artifact(fmt: str, path: Path, x: torch.Tensor, ref: np.ndarray
         lat.median_ms, lat.p10_ms, lat.p90_ms, lat.runs, host.threads, sess.runtime,
         sess.runtime_version, "this export host, not the target device",
         protocol=f"{host.name}: {m.passes} passes of {m.warmup} warm-up + {m.runs} timed runs, each "
-                 "pass a fresh session; the fastest pass's median (as edgeprune measure)",
+                 f"pass a fresh session, {m.pass_interval_s:g} s or more apart; the fastest pass's "
+                 "median (as edgeprune measure)",
         pass_medians_ms=[round(v, 6) for v in lat.pass_medians_ms])
 
 

@@ -244,6 +244,7 @@ class LatencyProfile:
             "edgeprune_version": self.edgeprune_version,
             "protocol": {"warmup": self.target.measure.warmup, "runs": self.target.measure.runs,
                          "passes": self.target.measure.passes,
+                         "pass_interval_s": self.target.measure.pass_interval_s,
                          "statistic": "median of the fastest pass", "threads": self.target.threads},
             "architecture": self.architecture,
             "input_shape": list(self.input_shape),

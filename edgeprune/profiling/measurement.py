@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -168,10 +169,16 @@ def _time_local(paths: Sequence[str | os.PathLike], target: Target, seed: int,
                 on_pass: Callable[[int, int], None] | None) -> list[LatencyStats]:
     from edgeprune.runtimes import open_session, time_session
 
-    passes = target.measure.passes
+    passes, interval = target.measure.passes, target.measure.pass_interval_s
     per: list[list[LatencyStats]] = [[] for _ in paths]
     n, done = passes * len(paths), 0
+    started = None
     for _ in range(passes):
+        # a round shorter than the interval waits: the passes of a short measurement would
+        # otherwise all fall within one speed state of the machine (docs/profiles.md)
+        if started is not None and (wait := started + interval - time.monotonic()) > 0:
+            time.sleep(wait)
+        started = time.monotonic()
         for i, path in enumerate(paths):
             sess = open_session(path, runtime=target.runtime, threads=target.threads,
                                 delegate=target.delegate)

@@ -40,11 +40,14 @@ DELEGATES = {"litert": ("xnnpack", "none"), "onnxruntime": ("cpu",),
 class MeasureProtocol:
     """``passes`` rounds of (``warmup`` untimed runs, ``runs`` timed runs); the fastest pass's
     median is reported. Several artifacts timed together are interleaved pass by pass, so drift
-    on the machine hits them alike."""
+    on the machine hits them alike. A pass starts at least ``pass_interval_s`` after the one
+    before it (the same artifact's), so that the passes of a short measurement sample the
+    machine's state at different moments instead of all within one slow spell."""
 
     warmup: int = 10
     runs: int = 50
     passes: int = 3
+    pass_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -54,6 +57,10 @@ class MeasureProtocol:
                               "(a median of fewer runs is noise)")
         if not isinstance(self.passes, int) or self.passes < 1:
             raise ConfigError(f"measure.passes = {self.passes!r} is invalid; need an integer >= 1")
+        if (isinstance(self.pass_interval_s, bool) or not isinstance(self.pass_interval_s, (int, float))
+                or not 0 <= self.pass_interval_s <= 60):
+            raise ConfigError(f"measure.pass_interval_s = {self.pass_interval_s!r} is invalid; need "
+                              "seconds in [0, 60]")
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,10 @@ class Target:
                               "device's python, e.g. '~/edgeprune/bin/python'")
         if not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
             raise ConfigError(f"{where}: timeout_s = {self.timeout_s!r} is invalid; need seconds > 0")
+        if self.measure.pass_interval_s and not self.is_local:
+            raise ConfigError(f"{where}: measure.pass_interval_s = {self.measure.pass_interval_s!r}: "
+                              "the device agent does not space its passes yet; remove it (it applies "
+                              "to local targets only)")
 
     @property
     def is_local(self) -> bool:
@@ -141,7 +152,7 @@ class Target:
             "token_env": self.token_env, "remote_python": self.remote_python,
             "timeout_s": self.timeout_s,
             "measure": {"warmup": self.measure.warmup, "runs": self.measure.runs,
-                        "passes": self.measure.passes},
+                        "passes": self.measure.passes, "pass_interval_s": self.measure.pass_interval_s},
         }
 
     @classmethod

@@ -405,6 +405,31 @@ def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeyp
     assert "fastest of 3 passes" in str(a) and a.to_dict()["pass_medians_ms"] == [2.0, 1.0, 3.0]
 
 
+def test_a_short_measurement_spaces_its_passes_by_the_targets_interval(monkeypatch):
+    """Passes that would run back to back wait for ``pass_interval_s``: the passes of a short
+    measurement must not all fall within one slow spell of the machine."""
+    from edgeprune import runtimes
+    from edgeprune.types import LatencyStats
+
+    starts = []
+
+    def fake_time(sess, x, *, warmup, runs):
+        starts.append(measure_mod.time.monotonic())
+        return LatencyStats(1.0, 1.0, 1.0, 0.0, runs, warmup, "fake", "0", 1)
+
+    monkeypatch.setattr(runtimes, "open_session", lambda p, **kw: type("S", (), {"input_shape": (1, 2)})())
+    monkeypatch.setattr(runtimes, "time_session", fake_time)
+    t = load_target("host-onnxruntime")
+    t = dataclasses.replace(t, measure=dataclasses.replace(t.measure, passes=3, pass_interval_s=0.2))
+    measure_mod.time_artifacts(["a", "b"], t)
+    assert len(starts) == 6
+    assert starts[2] - starts[0] >= 0.2 and starts[4] - starts[2] >= 0.2  # each artifact's passes
+    assert starts[1] - starts[0] < 0.2  # within a pass, no wait between artifacts
+    starts.clear()
+    measure_mod.time_artifacts(["a"], dataclasses.replace(t, measure=dataclasses.replace(t.measure, pass_interval_s=0.0)))
+    assert starts[-1] - starts[0] < 0.2  # no interval: back to back
+
+
 def test_time_rounds_takes_each_artifacts_median_over_runs(monkeypatch):
     from edgeprune.targets import load_target
     from edgeprune.types import LatencyStats
