@@ -10,9 +10,10 @@ latency), every method prunes the same teacher:
   labeled batches, BNScale), ``round_to`` from the target. Its global pruning is not monotonic
   in the ratio with ``round_to`` (a larger ratio can return a wider, even unpruned, model), so
   the ratio is searched on a grid, global and uniform per layer; every candidate's widths are
-  checked and its latency predicted; the least-pruned candidates predicted near the budget are
-  measured side by side with the baseline, and the widest whose measured ratio is within 3% of
-  the budget is taken. It is then fine-tuned **with labels** for as many epochs as edgeprune
+  checked (ratios that prune alike give one candidate) and its latency predicted; the
+  least-pruned candidates predicted near the budget are measured side by side with the
+  baseline in ``--rounds`` runs of the target's protocol, and the widest whose median
+  per-run ratio to the baseline is within 3% of the budget is taken. It is then fine-tuned **with labels** for as many epochs as edgeprune
   trained (top-1 before fine-tuning is kept), at the learning rate that scores best on the
   validation split;
 - ``tp-distill``: the Torch-Pruning criterion that scored best on validation, fine-tuned
@@ -23,7 +24,8 @@ latency), every method prunes the same teacher:
 given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
 made on the ``val`` split; the test split is read once per row, for the table. All
 artifacts of one invocation are timed together, interleaved with the baseline, in
-``--rounds`` rounds (the median of round values). Rows merge into
+``--rounds`` rounds: a row's ms is the median of its round values, its ratio the median of
+its per-round ratios to the baseline. Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
 
     python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
@@ -52,7 +54,7 @@ from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.groups import output_layers
 from edgeprune.graph.layers import model_macs
 from edgeprune.profiling import LatencyProfile
-from edgeprune.profiling.measurement import convert_for, time_artifacts, time_rounds
+from edgeprune.profiling.measurement import convert_for, time_rounds
 from edgeprune.pruning import PruneConfig
 from edgeprune.targets import load_target
 from edgeprune.train import TrainConfig, evaluate, train
@@ -281,15 +283,17 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
     baseline's (measured side by side). Returns (model, search record) or (None, record)."""
     x, y = next(iter(data.batches(cx.train_labeled, 128, mean=cx.spec.input.mean,
                                   std=cx.spec.input.std)))
-    base_params = sum(p.numel() for p in cx.teacher.parameters())
-    cands = []
+    base = _widths(cx.teacher)
+    cands, seen = [], set()
     for global_ in (True, False):
         for ratio in RATIO_GRID:
             m = _tp_prune(cx, criterion, ratio, global_, (x, y))
-            params = sum(p.numel() for p in m.parameters())
-            if params >= base_params:  # the trap: an "pruned" model that kept every channel
+            w = _widths(m)
+            if w == base or w in seen:  # the trap (every channel kept), or a model already listed
                 continue
-            cands.append({"model": m, "ratio": ratio, "global": global_, "params": params,
+            seen.add(w)
+            cands.append({"model": m, "ratio": ratio, "global": global_,
+                          "params": sum(p.numel() for p in m.parameters()),
                           "predicted_ratio": cx.profile.predict_ms(m) / cx.base_pred})
     near = sorted((c for c in cands if c["predicted_ratio"] <= r * 1.15),
                   key=lambda c: -c["predicted_ratio"])
@@ -297,9 +301,10 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
     for i in range(0, len(near), MEASURE_AT_ONCE):
         chunk = near[i:i + MEASURE_AT_ONCE]
         arts = [cx.artifact(c["model"], f"tp-{criterion}-cand{i + k}") for k, c in enumerate(chunk)]
-        stats = time_artifacts([cx.base_art, *arts], cx.t)
-        for c, st in zip(chunk, stats[1:], strict=True):
-            c["measured_ratio"] = st.median_ms / stats[0].median_ms
+        ratios = _round_ratios(cx, arts)
+        for c, rr in zip(chunk, ratios, strict=True):
+            c["round_ratios"] = rr
+            c["measured_ratio"] = statistics.median(rr)
             measured.append(c)
         ok = [c for c in measured if c["measured_ratio"] <= r * MATCH]
         if ok:
@@ -308,8 +313,22 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
     return None, _search_record(cands, measured, None)
 
 
+def _widths(model) -> tuple:
+    """A model's architecture as its parameter shapes: equal for two ratios that prune alike."""
+    return tuple(tuple(p.shape) for p in model.parameters())
+
+
+def _round_ratios(cx: _Ctx, arts: list[Path]) -> list[list[float]]:
+    """Each artifact's latency over the baseline's, per round: ``rounds`` runs of the target's
+    protocol, the baseline timed in every run. A ratio is taken within one run (both saw the
+    same state of the machine), and something acts on the median of them: one run of the
+    protocol is not enough on a shared VM (docs/profiles.md, "How many passes")."""
+    _, per_round = time_rounds([cx.base_art, *arts], cx.t, cx.a.rounds)
+    return [[rnd[k] / rnd[0] for rnd in per_round] for k in range(1, len(arts) + 1)]
+
+
 def _search_record(cands, measured, best) -> dict:
-    keep = ("ratio", "global", "params", "predicted_ratio", "measured_ratio")
+    keep = ("ratio", "global", "params", "predicted_ratio", "measured_ratio", "round_ratios")
     return {"candidates": len(cands), "measured": [{k: c.get(k) for k in keep} for c in measured],
             "chosen": {k: best.get(k) for k in keep} if best else None}
 
@@ -378,11 +397,11 @@ def _time_together(cx: _Ctx, pending: list) -> list[dict]:
     cx.base_rounds = [rnd[0] for rnd in per_round]
     base_ms = medians[0]
     for i, (row, m, _) in enumerate(live, start=1):
-        ms = medians[i]
+        ratios = [rnd[i] / rnd[0] for rnd in per_round]  # side by side: within one round
         row.update({"budget_ms": row["budget_ratio"] * base_ms, "baseline_ms": base_ms,
-                    "measured_ms": ms, "measured_ratio": ms / base_ms,
-                    "round_ms": [rnd[i] for rnd in per_round], "top1": cx.top1(m, "test"),
-                    **cx.sizes(m)})
+                    "measured_ms": medians[i], "measured_ratio": statistics.median(ratios),
+                    "round_ms": [rnd[i] for rnd in per_round], "round_ratios": ratios,
+                    "top1": cx.top1(m, "test"), **cx.sizes(m)})
     for row, _, _ in pending:
         row.setdefault("budget_ms", row["budget_ratio"] * base_ms)
     _print(cx, [row for row, _, _ in pending], base_ms)

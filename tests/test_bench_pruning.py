@@ -56,3 +56,50 @@ def test_rows_merge_by_model_method_budget_seed_and_host():
     merged = _bench.merge_rows(old, new, key=bench._row_key)
     assert [(r["budget_ratio"], r["top1"]) for r in merged] == [(0.7, 2), (0.5, 4), (0.5, 3)]
     assert merged[-1]["host"] == here
+
+
+def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_rounds(cx, monkeypatch):
+    """Ratios that prune alike give one candidate, and a candidate is taken on the median of
+    its per-round ratios to the baseline: one round whose baseline ran slow (so every model
+    looked twice as fast) does not let a model over the budget through."""
+    base_params = sum(p.numel() for p in cx.teacher.parameters())
+    models_by_art: dict = {}
+    calls: list = []
+
+    def true_ratio(m) -> float:  # this fake host's latency: proportional to the parameters
+        return sum(p.numel() for p in m.parameters()) / base_params
+
+    def artifact(m, tag):
+        models_by_art[tag] = m
+        return tag
+
+    def time_rounds(arts, target, rounds):
+        assert arts[0] == "baseline"
+        calls.append(list(arts[1:]))
+        per_round = [[2.0 if k == 0 else 1.0] + [true_ratio(models_by_art[a]) for a in arts[1:]]
+                     for k in range(rounds)]  # round 0: a slow spell during the baseline's passes
+        return None, per_round
+
+    g = torch.Generator().manual_seed(2)
+    batch = (torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
+    monkeypatch.setattr(bench.data, "batches", lambda *a, **k: iter([batch]))
+    monkeypatch.setattr(bench, "time_rounds", time_rounds)
+    monkeypatch.setattr(bench, "RATIO_GRID", (0.2, 0.3, 0.4, 0.45, 0.5, 0.6))
+    fake = SimpleNamespace(**vars(cx), base_art="baseline", base_pred=1.0, t=None,
+                           a=SimpleNamespace(rounds=5), train_labeled=None,
+                           spec=SimpleNamespace(input=SimpleNamespace(mean=None, std=None)),
+                           profile=SimpleNamespace(predict_ms=true_ratio), artifact=artifact)
+    r = 0.5
+    best, record = bench._tp_search(fake, "l1", r)
+
+    measured = [a for chunk in calls for a in chunk]
+    widths = [bench._widths(models_by_art[a]) for a in measured]
+    assert len(set(widths)) == len(widths) == len(record["measured"])  # each model timed once
+    assert record["candidates"] < 2 * len(bench.RATIO_GRID)  # some ratios pruned alike
+    assert best is not None
+    for c in record["measured"]:
+        assert c["round_ratios"][0] == pytest.approx(c["predicted_ratio"] / 2)  # the slow round
+        assert c["measured_ratio"] == pytest.approx(c["predicted_ratio"])  # its median: the truth
+    fitting = [c["predicted_ratio"] for c in record["measured"] if c["predicted_ratio"] <= r * bench.MATCH]
+    assert true_ratio(best["model"]) == pytest.approx(max(fitting))
+    assert true_ratio(best["model"]) <= r * bench.MATCH
