@@ -18,7 +18,10 @@ latency), every method prunes the same teacher:
   validation split;
 - ``tp-distill``: the Torch-Pruning criterion that scored best on validation, fine-tuned
   **without labels** by distillation from the teacher for the same epochs (what edgeprune's
-  training adds over "prune, then distill").
+  training adds over "prune, then distill");
+- ``edgeprune widths, distilled``: edgeprune's own widths, cut from the teacher by L1 norm and
+  distilled the same way (no labels): whether a gap to the peers is the allocation or the
+  training.
 
 ``--ablations`` adds edgeprune's switches at 0.5x (at every budget when --budgets is
 given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
@@ -51,8 +54,10 @@ import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.graph.blocks import remove_blocks
 from edgeprune.graph.groups import output_layers
 from edgeprune.graph.layers import model_macs
+from edgeprune.graph.surgery import shrink_to_widths
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling.measurement import convert_for, time_rounds
 from edgeprune.pruning import PruneConfig
@@ -62,7 +67,8 @@ from edgeprune.train import TrainConfig, evaluate, train
 BUDGETS = {"resnet20": (0.7, 0.5), "resnet56": (0.7, 0.5), "vgg_small": (0.5, 0.35, 0.25),
            "mobilenetv2": (0.5, 0.35, 0.25)}
 TP_CRITERIA = ("l1", "taylor", "bnscale")
-METHODS = ("edgeprune", *(f"tp-{c}" for c in TP_CRITERIA), "tp-distill")
+WIDTHS_DISTILL = "edgeprune widths, distilled"
+METHODS = ("edgeprune", *(f"tp-{c}" for c in TP_CRITERIA), "tp-distill", WIDTHS_DISTILL)
 ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: no feature loss": {"feature_loss": False},
     "edgeprune: no mutual learning": {"mutual_learning": False},
@@ -177,6 +183,8 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
             first = seed == a.seeds[0]
             if "edgeprune" in a.methods:
                 pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
+                if WIDTHS_DISTILL in a.methods and pending[-1][1] is not None:
+                    pending.append(_widths_distill(cx, r, seed, pending[-1][0]))
             if first and a.ablations is not None and (r == 0.5 or a.budgets is not None):
                 for label in a.ablations or ABLATIONS:
                     pending.append(_edgeprune(cx, r, seed, ABLATIONS[label], label))
@@ -371,6 +379,25 @@ def _tp_distill(cx: _Ctx, r: float, seed: int, criterion: str):
     print(f"{cx.name} tp-distill ({criterion}) {r}x seed {seed}: val {100 * row['top1_val']:.2f}%",
           flush=True)
     return row, ft, cx.artifact(ft, f"tp-distill-{r}-{seed}")
+
+
+def _widths_distill(cx: _Ctx, r: float, seed: int, ep_row: dict):
+    """edgeprune's architecture (its removed blocks and group widths) cut from the teacher by
+    the L1 norm of each group's root weights, then distilled like ``tp-distill``: the same
+    widths as edgeprune with "prune, then distill" instead of edgeprune's training, so the
+    pair of rows separates what the allocation gives from what the training gives."""
+    t0 = time.perf_counter()
+    pruned = remove_blocks(cx.teacher, ep_row["removed_blocks"])
+    pruned = shrink_to_widths(pruned, cx.example, ep_row["group_widths_after"])
+    ft, lr = _finetune(cx, pruned, seed, teacher=cx.teacher)
+    wall = time.perf_counter() - t0
+    row = _row(cx, WIDTHS_DISTILL, r, seed, labels=False, finetune_epochs=cx.a.epochs,
+               finetune_lr=lr, top1_before_finetune=cx.top1(pruned, "test"),
+               top1_val=cx.top1(ft, "val"), predicted_ms=cx.profile.predict_ms(ft),
+               group_widths_after=dict(ep_row["group_widths_after"]),
+               removed_blocks=list(ep_row["removed_blocks"]), wall_s=round(wall, 1))
+    print(f"{cx.name} {WIDTHS_DISTILL} {r}x seed {seed}: val {100 * row['top1_val']:.2f}%", flush=True)
+    return row, ft, cx.artifact(ft, f"widths-distill-{r}-{seed}")
 
 
 def _finetune(cx: _Ctx, model, seed: int, teacher):

@@ -103,3 +103,26 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     fitting = [c["predicted_ratio"] for c in record["measured"] if c["predicted_ratio"] <= r * bench.MATCH]
     assert true_ratio(best["model"]) == pytest.approx(max(fitting))
     assert true_ratio(best["model"]) <= r * bench.MATCH
+
+
+def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_distils_without_labels(cx, monkeypatch):
+    """The control row for edgeprune's training: the same architecture as edgeprune's row,
+    cut from the teacher, fine-tuned by distillation from that teacher (never with labels)."""
+    seen = {}
+
+    def finetune(cx_, model, seed, teacher):
+        seen.update(model=model, teacher=teacher)
+        return model, 0.05
+
+    monkeypatch.setattr(bench, "_finetune", finetune)
+    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, command="c", commit="x"),
+                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
+                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    widths = {"layer3.0.shortcut.0": 32, "layer3.1.conv1": 16, "layer2.0.conv1": 16}
+    row, model, art = bench._widths_distill(fake, 0.5, 3, {"group_widths_after": widths, "removed_blocks": []})
+    assert seen["teacher"] is cx.teacher and row["labels"] is False and row["seed"] == 3
+    assert row["method"] == bench.WIDTHS_DISTILL and row["group_widths_after"] == widths
+    assert model.layer3[0].shortcut[0].out_channels == 32 and model.layer3[2].conv2.out_channels == 32
+    assert model.layer3[1].conv1.out_channels == 16 and model.layer2[0].conv1.out_channels == 16
+    assert model.layer3[0].conv1.out_channels == 64  # a group not named keeps its width
+    assert model(cx.example).shape == (1, 10)
