@@ -233,3 +233,12 @@ def test_accuracy_axis_is_the_ratio_to_each_rows_own_baseline_when_rows_carry_it
     ms = _plot_accuracy(Figure, "m", [{k: v for k, v in r.items() if k != "baseline_ms"} for r in rows],
                         {"measured_ms": 1.2, "top1": 0.95}, styles).axes[0]
     assert ms.get_xlabel() == "measured latency (ms)"
+    # a benchmark row's own side-by-side ratio (median of per-round ratios) wins over ms / ms
+    rows[1]["measured_ratio"] = 0.45
+    ax = _plot_accuracy(Figure, "m", rows, {"measured_ms": 1.2, "top1": 0.95}, styles).axes[0]
+    points = [ln for ln in ax.get_lines() if ln.get_label() == "a"][0]
+    assert list(points.get_xdata()) == [0.5, 0.45]
+    from edgeprune.reporting import _ROW_HEADER, _row_cells
+
+    cells = dict(zip(_ROW_HEADER, _row_cells(rows[1]), strict=True))
+    assert cells["measured/baseline"] == "0.450"
