@@ -13,9 +13,9 @@ latency), every method prunes the same teacher:
   checked (ratios that prune alike give one candidate) and its latency predicted; the
   least-pruned candidates predicted near the budget are measured side by side with the
   baseline in ``--rounds`` runs of the target's protocol, and the widest whose median
-  per-run ratio to the baseline is within 3% of the budget is taken. It is then fine-tuned **with labels** for as many epochs as edgeprune
-  trained (top-1 before fine-tuning is kept), at the learning rate that scores best on the
-  validation split;
+  per-run ratio to the baseline is within 3% of the budget is taken. It is then fine-tuned
+  **with labels** for as many epochs as edgeprune trained (top-1 before fine-tuning is kept),
+  at the learning rate that scores best on the validation split;
 - ``tp-distill``: the Torch-Pruning criterion that scored best on validation, fine-tuned
   **without labels** by distillation from the teacher for the same epochs (what edgeprune's
   training adds over "prune, then distill");
