@@ -126,3 +126,18 @@ def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_dis
     assert model.layer3[1].conv1.out_channels == 16 and model.layer2[0].conv1.out_channels == 16
     assert model.layer3[0].conv1.out_channels == 64  # a group not named keeps its width
     assert model(cx.example).shape == (1, 10)
+
+
+def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
+    """The larger sample each row is also scored on is fresh images: none is a test or val image."""
+    from edgeprune.data.sources import SHAPES_SEEDS
+
+    hold = bench._holdout(60, (32, 32), tmp_path)
+    assert len(hold) == 60 and hold.labels_requested
+    x, y = zip(*(hold[i] for i in range(60)), strict=True)
+    assert set(int(v) for v in y) <= set(range(10)) and len(set(int(v) for v in y)) > 1
+    assert bench.HOLDOUT_SEED not in SHAPES_SEEDS.values()
+    for split in ("test", "val"):
+        other = bench.data.open(f"shapes:{split}", labels=True, size=32)
+        seen = {other[i][0].numpy().tobytes() for i in range(len(other))}
+        assert not seen & {img.numpy().tobytes() for img in x}
