@@ -192,6 +192,9 @@ class _Ctx:
                        holdout_seed=HOLDOUT_SEED)
         return out
 
+    def sizes(self, model) -> dict:
+        return {"macs": model_macs(model, tuple(self.spec.input.shape)), "params": int(sum(p.numel() for p in model.parameters()))}
+
 
 def _holdout(n: int, hw: tuple[int, int], tmp: Path):
     """``n`` fresh shapes images with labels, from a seed no split uses. The 2,000-image
@@ -206,9 +209,6 @@ def _holdout(n: int, hw: tuple[int, int], tmp: Path):
     path = tmp / "holdout.npz"
     np.savez(path, x=images, y=labels)
     return data.open(str(path), labels=True, size=hw)
-
-    def sizes(self, model) -> dict:
-        return {"macs": model_macs(model, tuple(self.spec.input.shape)), "params": int(sum(p.numel() for p in model.parameters()))}
 
 
 def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:

@@ -141,3 +141,28 @@ def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
         other = bench.data.open(f"shapes:{split}", labels=True, size=32)
         seen = {other[i][0].numpy().tobytes() for i in range(len(other))}
         assert not seen & {img.numpy().tobytes() for img in x}
+
+
+def test_timed_rows_carry_latency_test_and_holdout_top1_and_sizes(cx, tmp_path, monkeypatch):
+    """What ``_time_together`` writes into a row, with the real ``_Ctx`` methods: the ratio
+    from the rounds, top-1 on test and on the holdout sample, MACs and parameters."""
+    from edgeprune.models.checkpoint import spec_of
+    from edgeprune.train import evaluate
+
+    hold = bench._holdout(40, (32, 32), tmp_path)
+    spec = spec_of(cx.teacher)
+    fake = object.__new__(bench._Ctx)
+    fake.__dict__.update(name="resnet20", teacher=cx.teacher, spec=spec,
+                         val=hold, test=hold, holdout=hold, base_art="baseline", t=None,
+                         a=SimpleNamespace(rounds=3))
+    monkeypatch.setattr(bench, "time_rounds",
+                        lambda arts, t, rounds: ([1.0, 0.5], [[2.0, 1.0], [1.0, 0.4], [1.0, 0.5]]))
+    row = {"model": "resnet20", "method": "m", "budget_ratio": 0.5, "seed": 0, "labels": False,
+           "finetune_epochs": 0, "predicted_ms": 0.5, "wall_s": 1.0, "top1_before_finetune": None}
+    (out,) = bench._time_together(fake, [(row, cx.teacher, "pruned")])
+    assert out["round_ratios"] == [0.5, 0.4, 0.5] and out["measured_ratio"] == 0.5
+    assert out["measured_ms"] == 0.5 and out["budget_ms"] == 0.5 * 1.0
+    expect = evaluate(cx.teacher, hold, input_spec=spec.input).top1
+    assert out["top1"] == out["top1_holdout"] == expect
+    assert out["holdout_images"] == 40 and out["holdout_seed"] == bench.HOLDOUT_SEED
+    assert out["params"] == sum(p.numel() for p in cx.teacher.parameters()) and out["macs"] > 0
