@@ -47,13 +47,13 @@ _ROW_MEASURED = {"budget_ms": _NUM, "measured_ms": _NUM, "top1": _NUM}
 _ROW_OPTIONAL = {
     "labels": bool, "finetune_epochs": _NUM, "seed": _NUM, "budget_ratio": _NUM, "budget_ms": _NUM,
     "baseline_ms": _NUM, "predicted_ms": _NUM_OR_NULL, "macs": _NUM, "params": _NUM,
-    "top1_before_finetune": _NUM_OR_NULL, "wall_s": _NUM, "ran_on": str, "infeasible": str,
+    "top1_before_finetune": _NUM_OR_NULL, "top1_holdout": _NUM, "wall_s": _NUM, "ran_on": str, "infeasible": str,
     "history": list, "widths_before": dict, "widths_after": dict,
     # the budget and unit the pruner itself worked in (its history's), if the row records them
     "pruner_budget": _NUM, "pruner_cost_unit": str,
 }
 _BASELINE_FIELDS = {"measured_ms": _NUM, "top1": _NUM}
-_BASELINE_OPTIONAL = {"macs": _NUM, "params": _NUM, "predicted_ms": _NUM_OR_NULL}
+_BASELINE_OPTIONAL = {"macs": _NUM, "params": _NUM, "predicted_ms": _NUM_OR_NULL, "top1_holdout": _NUM}
 _LOSSES = (("kd", "KD (teacher to student)"), ("feat", "feature / attention transfer"),
            ("ml", "mutual learning"))
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -469,7 +469,7 @@ def _prune_section(d: dict[str, Any], out: Path, figure: Callable[..., Any]) -> 
 
 _ROW_HEADER = ("method", "labels", "fine-tune epochs", "seed", "budget ms", "measured ms",
                "measured/baseline", "predicted ms", "MACs", "params", "top-1 %",
-               "top-1 before fine-tune %", "wall s", "ran on")
+               "top-1 holdout %", "top-1 before fine-tune %", "wall s", "ran on")
 
 
 def _ratio(r: dict[str, Any]) -> float | None:
@@ -490,7 +490,8 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
     return [_cell(r["method"]), labels, _num(r.get("finetune_epochs"), "g"),
             _num(r.get("seed"), "g"), _num(r.get("budget_ms")), measured, _num(ratio, ".3f"),
             _num(r.get("predicted_ms")), _num(r.get("macs"), ",.0f"), _num(r.get("params"), ",.0f"),
-            _num(r.get("top1"), ".2f", 100), _num(r.get("top1_before_finetune"), ".2f", 100),
+            _num(r.get("top1"), ".2f", 100), _num(r.get("top1_holdout"), ".2f", 100),
+            _num(r.get("top1_before_finetune"), ".2f", 100),
             _num(r.get("wall_s"), ".0f"), _cell(r.get("ran_on", "–"))]
 
 
@@ -498,7 +499,7 @@ def _baseline_cells(b: dict[str, Any]) -> list[str]:
     return (["baseline (unpruned)", "", "", "", "", _num(b["measured_ms"]), "1.000",
              _num(b.get("predicted_ms")),
              _num(b.get("macs"), ",.0f"), _num(b.get("params"), ",.0f"),
-             _num(b["top1"], ".2f", 100)]
+             _num(b["top1"], ".2f", 100), _num(b.get("top1_holdout"), ".2f", 100)]
             + [""] * 3)
 
 
@@ -507,7 +508,7 @@ def _model_section(model: str, rows: list[dict], baseline: dict, out: Path,
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
     styles = _styles(rows)
     lines = [f"## {model}", ""]
-    lines += _table(_ROW_HEADER, ["---"] * 2 + ["---:"] * 11 + ["---"],
+    lines += _table(_ROW_HEADER, ["---"] * 2 + ["---:"] * 12 + ["---"],
                     [_baseline_cells(baseline), *(_row_cells(r) for r in rows)])
     infeasible = [r for r in rows if "infeasible" in r]
     if infeasible:

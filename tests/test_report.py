@@ -242,3 +242,21 @@ def test_accuracy_axis_is_the_ratio_to_each_rows_own_baseline_when_rows_carry_it
 
     cells = dict(zip(_ROW_HEADER, _row_cells(rows[1]), strict=True))
     assert cells["measured/baseline"] == "0.450"
+
+
+def test_the_holdout_top1_is_a_column_where_rows_carry_it(tmp_path):
+    b = benchmark()
+    b["rows"][0]["top1_holdout"] = 0.9234
+    b["baselines"]["resnet20"]["top1_holdout"] = 0.9412
+    lines = write_report(write(tmp_path / "pruning.json", b), tmp_path / "out").read_text().splitlines()
+    header = next(ln for ln in lines if ln.startswith("| method |")).split(" | ")
+    col = header.index("top-1 holdout %")
+
+    def cells(start: str) -> list[str]:
+        line = next(ln for ln in lines if ln.startswith(start)).split(" | ")
+        assert len(line) == len(header)
+        return line
+
+    assert cells("| edgeprune |")[col] == "92.34"
+    assert cells("| baseline")[col] == "94.12"
+    assert cells("| tp-l1 |")[col] == "–"  # a row from before the holdout
