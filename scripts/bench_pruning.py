@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="host-litert")
     ap.add_argument("--holdout", type=int, default=20000,
                     help="fresh shapes images (seed 100, apart from every split) each row is also "
-                         "scored on, like test read for the final table only; 0: off")
+                         "scored on; read, like test, for the final table only; 0: off")
     ap.add_argument("--quick", action="store_true",
                     help="resnet20 at 0.5x, 1 epoch on 2,000 images, one learning rate")
     ap.add_argument("--out", default=None, help="default bench/results/pruning.json (_quick)")
@@ -202,9 +202,7 @@ def _holdout(n: int, hw: tuple[int, int], tmp: Path):
     the same kind of image share the luck of the draw; a large sample tells a family
     difference from the draw."""
     from edgeprune.data import shapes
-    from edgeprune.data.sources import SHAPES_SEEDS
 
-    assert HOLDOUT_SEED not in SHAPES_SEEDS.values()
     images, labels = shapes.generate(n, seed=HOLDOUT_SEED)
     path = tmp / "holdout.npz"
     np.savez(path, x=images, y=labels)
@@ -482,12 +480,15 @@ def _print(cx: _Ctx, rows: list[dict], base_ms: float) -> None:
         if "infeasible" in r:
             print(f"{r['method']:34} infeasible at {r['budget_ratio']}x: {r['infeasible']}")
             continue
-        pre = f"{100 * r['top1_before_finetune']:6.2f}%" if r.get("top1_before_finetune") is not None else "      -"
-        hold = f"{100 * r['top1_holdout']:6.2f}%" if r.get("top1_holdout") is not None else "      -"
         print(f"{r['method']:34} {str(r['labels']):>6} {r['finetune_epochs']:3d} {r['seed']:4d} "
               f"{r['budget_ratio']:6.2f} {r['measured_ms']:8.3f} {r['measured_ratio']:6.3f} "
               f"{r['predicted_ms']:8.3f} {r['macs'] / 1e6:7.2f} {r['params']:8,} "
-              f"{100 * r['top1']:6.2f}% {hold} {pre} {r['wall_s']:6.0f}", flush=True)
+              f"{100 * r['top1']:6.2f}% {_pct(r.get('top1_holdout'))} "
+              f"{_pct(r.get('top1_before_finetune'))} {r['wall_s']:6.0f}", flush=True)
+
+
+def _pct(v: float | None) -> str:
+    return f"{100 * v:6.2f}%" if v is not None else "      -"
 
 
 def _load(path: Path) -> dict:
