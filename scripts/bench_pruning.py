@@ -236,7 +236,7 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
     rows = _time_together(cx, pending)
     base = {"measured_ms": statistics.median(cx.base_rounds), "predicted_ms": cx.base_pred,
             **cx.test_fields(cx.teacher), "top1_val": cx.top1(cx.teacher, "val"),
-            **cx.sizes(cx.teacher)}
+            "val_images": len(cx.val), **cx.sizes(cx.teacher)}
     return rows, base
 
 
@@ -464,7 +464,7 @@ def _time_together(cx: _Ctx, pending: list) -> list[dict]:
         row.update({"budget_ms": row["budget_ratio"] * base_ms, "baseline_ms": base_ms,
                     "measured_ms": medians[i], "measured_ratio": statistics.median(ratios),
                     "round_ms": [rnd[i] for rnd in per_round], "round_ratios": ratios,
-                    **cx.test_fields(m), **cx.sizes(m)})
+                    "val_images": len(cx.val), **cx.test_fields(m), **cx.sizes(m)})
     for row, _, _ in pending:
         row.setdefault("budget_ms", row["budget_ratio"] * base_ms)
     _print(cx, [row for row, _, _ in pending], base_ms)

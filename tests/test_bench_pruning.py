@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,12 +135,12 @@ def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
 
     hold = bench._holdout(60, (32, 32), tmp_path)
     assert len(hold) == 60 and hold.labels_requested
-    x, y = zip(*(hold[i] for i in range(60)), strict=True)
-    assert set(int(v) for v in y) <= set(range(10)) and len(set(int(v) for v in y)) > 1
+    x, y = hold.get_batch(np.arange(60))
+    assert set(y.tolist()) <= set(range(10)) and len(set(y.tolist())) > 1
     assert bench.HOLDOUT_SEED not in SHAPES_SEEDS.values()
     for split in ("test", "val"):
         other = bench.data.open(f"shapes:{split}", labels=True, size=32)
-        seen = {other[i][0].numpy().tobytes() for i in range(len(other))}
+        seen = {img.numpy().tobytes() for img in other.get_batch(np.arange(len(other)))[0]}
         assert not seen & {img.numpy().tobytes() for img in x}
 
 
@@ -165,4 +166,5 @@ def test_timed_rows_carry_latency_test_and_holdout_top1_and_sizes(cx, tmp_path, 
     expect = evaluate(cx.teacher, hold, input_spec=spec.input).top1
     assert out["top1"] == out["top1_holdout"] == expect
     assert out["holdout_images"] == 40 and out["holdout_seed"] == bench.HOLDOUT_SEED
+    assert out["val_images"] == 40  # what a row's top1_val was read on (2,000 before 10,000)
     assert out["params"] == sum(p.numel() for p in cx.teacher.parameters()) and out["macs"] > 0
