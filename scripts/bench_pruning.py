@@ -85,6 +85,8 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: lr 0.05": {"lr": 0.05},
     "edgeprune: early ramp": {"ramp_end": 0.3, "select_until": 0.45},
     "edgeprune: lr 0.05, early ramp": {"lr": 0.05, "ramp_end": 0.3, "select_until": 0.45},
+    # the closed loop only at the end (before 2026-12-04 every run was this)
+    "edgeprune: no ramp check": {"verify_early": False},
 }
 RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
 MATCH = 1.03  # a peer's measured ratio may exceed the budget by at most 3%
@@ -289,6 +291,7 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
                top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
                pruner_budget=res.budget, pruner_internal_budget=res.internal_budget,
                pruner_cost_unit=res.cost_unit, verify=list(res.verify),
+               ramp_check=res.ramp_check,
                cost_target="macs" if macs else cx.t.name,
                history=list(res.history), widths_before=res.to_dict()["widths_before"],
                widths_after=res.to_dict()["widths_after"],

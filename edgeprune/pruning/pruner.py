@@ -581,6 +581,57 @@ class Pruner:
             if f is not None:
                 f.remove()
 
+    # ---- the measurement where the ramp reaches the budget ---------------------------------
+
+    def ramp_check_step(self) -> int | None:
+        """The first check whose choice of E_t is priced against the main phase's final budget
+        (the ramp has reached it), if at least one more choice follows it; else None."""
+        interval, ph = self.cfg.update_interval, self.phases[0]
+        at = interval * max(1, math.ceil((ph.ramp_steps - interval) / interval))
+        return at if at + interval < ph.select_stop and len(self.phases) == 1 else None
+
+    def preview(self) -> tuple[nn.Module, float]:
+        """A copy of student 0 with its expected-sparse set removed now (zeroed on the copy,
+        then removed), and its predicted cost; the students are not touched. Call it right
+        after a check (:meth:`check_now`)."""
+        st = self.students[0]
+        masked = copy.deepcopy(st.model).cpu().eval()
+        for g, e in zip(self.groups, st.sparse, strict=True):
+            if len(e):
+                gates_of(masked, g).zero(torch.as_tensor(e))
+        pruned, _, _ = self._remove(masked, st.sparse)
+        for p in pruned.parameters():
+            p.requires_grad_(False)
+        return pruned, self.cost.of_model(pruned)
+
+    def check_now(self) -> None:
+        """Run this step's check (re-choose E_t) now instead of at the start of the next step."""
+        if self.step_count > 0 and self.step_count % self.cfg.update_interval == 0:
+            self._check(self.step_count)
+
+    def retarget(self, budget: float) -> None:
+        """Lower the internal budget of the running phase: the next checks choose E_t against
+        it (after the ramp, at once)."""
+        if not budget < self.budget:
+            raise ConfigError(f"retarget to {budget:.4g} is not below the internal budget {self.budget:.4g}")
+        self.budget = budget
+        self.phase.b_end = budget
+
+    def _remove(self, masked: nn.Module, sparse: Sequence[np.ndarray]):
+        """``masked`` (its ``sparse`` channels and blocks exactly zero, on the CPU) with them
+        removed: (pruned model, zero channels per group, removed blocks)."""
+        # remove exactly E (all zero now); other channels that happen to be zero stay, so widths
+        # keep the runtime-friendly multiples of round_to the selection priced
+        n_ch = len(self.channel_groups)
+        zero = {g.name: e.tolist() for g, e in zip(self.groups[:n_ch], sparse[:n_ch], strict=True) if len(e)}
+        removed = [b.name for b, e in zip(self.blocks, sparse[n_ch:], strict=True) if len(e)]
+        # channels first (the groups were traced on the full model), then blocks (now identities)
+        pruned = (remove_channels(masked, self.example.cpu(), zero).eval() if zero
+                  else copy.deepcopy(masked).eval())
+        if removed:
+            pruned = remove_blocks(pruned, removed).eval()
+        return pruned, zero, removed
+
     # ---- finalize -----------------------------------------------------------------------
 
     def finalize(self) -> PruneResult:
@@ -615,17 +666,7 @@ class Pruner:
         # TF32, whose rounding differs between the masked and the pruned shapes (~1e-2 on logits)
         masked = students[best].model.cpu()
         cpu_example = self.example.cpu()
-        # remove exactly E (all zero now); other channels that happen to be zero stay, so widths
-        # keep the runtime-friendly multiples of round_to the selection priced
-        n_ch = len(self.channel_groups)
-        sparse = students[best].sparse
-        zero = {g.name: e.tolist() for g, e in zip(groups[:n_ch], sparse[:n_ch], strict=True) if len(e)}
-        removed = [b.name for b, e in zip(self.blocks, sparse[n_ch:], strict=True) if len(e)]
-        # channels first (the groups were traced on the full model), then blocks (now identities)
-        pruned = (remove_channels(masked, cpu_example, zero).eval() if zero
-                  else copy.deepcopy(masked).eval())
-        if removed:
-            pruned = remove_blocks(pruned, removed).eval()
+        pruned, zero, removed = self._remove(masked, students[best].sparse)
         with torch.no_grad():
             diffs = [float((masked(h) - pruned(h)).abs().max()) for h in self.heldout]
         diff = max(diffs)
@@ -736,10 +777,17 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
         return result
 
     try:
+        early = None
+        at = pruner.ramp_check_step() if measure is not None and cfg.verify_early else None
+        if at is not None:
+            train_until(at)
+            pruner.check_now()
+            early = _ramp_check(pruner, measure, world)
         train_until(total_steps)
         result = pruner.finalize()
         if measure is None:
             return finish(result)
+        result = dataclasses.replace(result, ramp_check=early)
         steps = cfg.verify_steps or max(4 * cfg.update_interval + 1, round(0.15 * total_steps))
         rounds: list[dict[str, Any]] = []
         notes = list(result.notes)
@@ -809,6 +857,25 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
         for m, mom in zip(bns, momenta, strict=True):
             m.momentum = mom
         model.eval()
+
+
+def _ramp_check(pruner: Pruner, measure: Callable[[nn.Module], tuple], world: int) -> dict[str, Any]:
+    """Measure what student 0 would become now (the ramp has reached the budget); if it is
+    over the budget in every timing run (any excess, with ``verify_strict``), lower the
+    internal budget by the measured excess (``verify_margin`` under it), as the closed loop
+    does at the end, while most of the training is still to come."""
+    cfg = pruner.cfg
+    model, predicted = pruner.preview()
+    measured, limit, runs_over, runs = _measured(measure, model, world)
+    rec = {"step": pruner.step_count, "internal_budget": pruner.budget, "predicted": predicted,
+           "measured_ms": measured, "budget_ms": limit, "measured_over_budget": measured / limit,
+           "timing_runs_over": runs_over, "timing_runs": runs, "tightened_to": None}
+    if measured > limit and (runs_over == runs or cfg.verify_strict):
+        internal = predicted * limit * (1 - cfg.verify_margin) / measured
+        if pruner.floor_cost <= internal < pruner.budget:
+            pruner.retarget(internal)
+            rec["tightened_to"] = internal
+    return rec
 
 
 def _measured(measure: Callable[[nn.Module], tuple], model: nn.Module,

@@ -49,6 +49,9 @@ class PruneResult:
     # budget_ms (measured budget), measured_over_budget (medians of the timing runs),
     # timing_runs_over, timing_runs; empty when not verified
     verify: tuple[dict[str, Any], ...] = field(default=())
+    # the measurement where the ramp reached the budget (PruneConfig.verify_early): the same
+    # keys as a verify round, and tightened_to (the new internal budget, or None)
+    ramp_check: dict[str, Any] | None = None
     # residual blocks the pruner could remove (empty when block removal was off) / removed:
     # each is an nn.Identity in the pruned model
     removable_blocks: tuple[str, ...] = field(default=())
@@ -78,7 +81,7 @@ class PruneResult:
             "baseline_predicted": self.baseline_cost, "predicted": self.predicted_cost,
             "budget": self.budget, "internal_budget": self.internal_budget,
             "measured_ms": self.measured_ms, "within_budget": self.within_budget,
-            "verify": list(self.verify),
+            "verify": list(self.verify), "ramp_check": self.ramp_check,
             "group_widths_before": self.group_widths_before,
             "group_widths_after": self.group_widths_after,
             "widths_before": {k: list(v) for k, v in self.widths_before.items()},
@@ -123,16 +126,26 @@ class PruneResult:
         return [f"residual blocks removed: {len(self.removed_blocks)} of {len(self.removable_blocks)}"
                 + (f" ({', '.join(self.removed_blocks)})" if self.removed_blocks else "")]
 
+    def _ramp_line(self) -> list[str]:
+        c = self.ramp_check
+        if not c:
+            return []
+        then = (f"internal budget lowered {c['internal_budget']:.4g} -> {c['tightened_to']:.4g} "
+                f"{self.cost_unit}" if c["tightened_to"] is not None else "not tightened")
+        return [f"at the end of the ramp (step {c['step']}): {c['measured_ms']:.4g} ms measured "
+                f"against {c['budget_ms']:.4g} ms ({c['measured_over_budget']:.3f}x, over in "
+                f"{c['timing_runs_over']} of {c['timing_runs']} timing runs); {then}"]
+
     def _verify_lines(self) -> list[str]:
         if not self.verify:
-            return []
+            return self._ramp_line()
         v = self.verify[-1]
         state = "within" if self.within_budget else "OVER"
         if not self.within_budget and v.get("timing_runs_over", 1) < v.get("timing_runs", 1):
             state = f"over in {v['timing_runs_over']} of {v['timing_runs']} timing runs: noise"
         return [f"measured on {self.target}: {v['measured_ms']:.4g} ms against the budget "
                 f"{v['budget_ms']:.4g} ms ({v['measured_over_budget']:.3f}x, {state}) after "
-                f"{len(self.verify) - 1} closed-loop round(s)"]
+                f"{len(self.verify) - 1} closed-loop round(s)", *self._ramp_line()]
 
     def to_markdown(self, *, title: str = "", command: str = "") -> str:
         """A Markdown report: costs, sizes, the chosen student, every group's width, and the
@@ -167,6 +180,8 @@ class PruneResult:
                       f"{v['measured_ms']:.4g} | {v['budget_ms']:.4g} | {v['measured_over_budget']:.3f} | "
                       f"{v.get('timing_runs_over', '-')} of {v.get('timing_runs', '-')} |"
                       for v in self.verify]
+        if self.ramp_check:
+            lines += ["", *self._ramp_line()]
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         lines += ["", f"| step | budget_t ({u}) | predicted ({u}, per student) | KD | AT | ML |",

@@ -86,9 +86,60 @@ def _macs_case(fraction: float):
     return model, cost, fraction * cost.of_model(model)
 
 
-def _closed_loop(model, cost, budget, measure, config=FAST):
+LOOP = FAST.replace(verify_early=False)  # the loop at the end alone; the ramp check below
+
+
+def _closed_loop(model, cost, budget, measure, config=LOOP):
     return run(model, random_batches(), cost=cost, budget=budget, target="macs", round_to=4,
                config=config, measure=measure)
+
+
+def test_ramp_check_tightens_where_the_ramp_reaches_the_budget_and_the_end_needs_no_round():
+    """A crafted measurement 30% above the prediction: measured once where the ramp reaches
+    the budget (the model student 0 would become then), the internal budget drops by that
+    excess at once, so the model at the end measures within the budget with no closed-loop
+    round, and without training past the planned steps."""
+    model, cost, budget = _macs_case(0.6)
+    calls = []
+
+    def measure(pruned):
+        calls.append(pruned)
+        return 1.3 * cost.of_model(pruned), budget
+
+    res = _closed_loop(model, cost, budget, measure, FAST)
+    c = res.ramp_check
+    assert c is not None and len(calls) == 2 and len(res.verify) == 1
+    assert c["step"] % FAST.update_interval == 0 and 0 < c["step"] < FAST.steps
+    assert c["internal_budget"] == pytest.approx(budget) and c["predicted"] <= budget * (1 + 1e-6)
+    assert c["measured_ms"] == pytest.approx(1.3 * c["predicted"])
+    assert c["predicted"] == pytest.approx(cost.of_model(calls[0]))  # the preview was priced
+    assert c["tightened_to"] == pytest.approx(c["predicted"] * budget * 0.97 / c["measured_ms"])
+    assert res.internal_budget == pytest.approx(c["tightened_to"])
+    assert res.predicted_cost <= c["tightened_to"] * (1 + 1e-6) and res.within_budget
+    assert res.steps == FAST.steps and res.removal_max_abs_diff <= 1e-4
+    assert res.to_dict()["ramp_check"] == c and "at the end of the ramp" in str(res)
+    assert "lowered" in res.to_markdown()
+
+
+def test_ramp_check_within_the_budget_changes_nothing():
+    """Measured within the budget at the ramp's end: no tightening, and the run ends where
+    the same run without the check does (the preview touched no student)."""
+    model, cost, budget = _macs_case(0.6)
+    res = _closed_loop(model, cost, budget, lambda m: (0.5 * cost.of_model(m), budget), FAST)
+    plain = _closed_loop(model, cost, budget, lambda m: (0.5 * cost.of_model(m), budget), LOOP)
+    assert res.ramp_check is not None and res.ramp_check["tightened_to"] is None
+    assert plain.ramp_check is None and res.internal_budget == pytest.approx(budget)
+    assert res.group_widths_after == plain.group_widths_after
+    x = random_batches()[0]
+    with torch.no_grad():
+        assert torch.equal(res.model.eval()(x), plain.model.eval()(x))
+
+
+def test_ramp_check_does_not_act_on_noise():
+    model, cost, budget = _macs_case(0.6)
+    res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, _noisy_excess(budget)), FAST)
+    assert res.ramp_check["timing_runs_over"] == 3 and res.ramp_check["tightened_to"] is None
+    assert res.internal_budget == pytest.approx(budget)
 
 
 def test_closed_loop_tightens_when_the_cost_model_under_predicts():
@@ -117,7 +168,7 @@ def test_closed_loop_tightens_when_the_cost_model_under_predicts():
 
 def test_closed_loop_gives_up_after_its_rounds_and_says_so():
     model, cost, budget = _macs_case(0.8)
-    res = _closed_loop(model, cost, budget, lambda m: (10 * budget, budget), FAST.replace(verify_rounds=1))
+    res = _closed_loop(model, cost, budget, lambda m: (10 * budget, budget), LOOP.replace(verify_rounds=1))
     assert len(res.verify) == 2 and not res.within_budget
     assert any("over budget in measurement" in n or "below the smallest reachable" in n for n in res.notes)
 
@@ -152,7 +203,7 @@ def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
             return 1.02 * budget, budget, _noisy_excess(budget)
         return 0.9 * budget, budget, [(0.9 * budget, budget)] * 5
 
-    res = _closed_loop(model, cost, budget, measure, FAST.replace(verify_strict=True))
+    res = _closed_loop(model, cost, budget, measure, LOOP.replace(verify_strict=True))
     assert len(res.verify) == 2 and res.steps > FAST.steps
     assert res.verify[1]["internal_budget"] == pytest.approx(
         res.verify[0]["predicted"] * budget * 0.97 / (1.02 * budget))
@@ -162,7 +213,7 @@ def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
 def test_closed_loop_acts_when_every_timing_run_is_over():
     model, cost, budget = _macs_case(0.6)
     runs = [(f * budget, budget) for f in (1.01, 1.04, 1.02, 1.03, 1.02)]
-    res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, runs), FAST.replace(verify_rounds=1))
+    res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, runs), LOOP.replace(verify_rounds=1))
     assert len(res.verify) == 2 and res.steps > FAST.steps
     assert res.verify[0]["timing_runs_over"] == 5
     assert any("over budget in measurement" in n for n in res.notes)
@@ -185,7 +236,7 @@ def test_prune_tightens_on_a_real_target_when_the_profile_under_predicts(tmp_pat
     res = edgeprune.prune(model, random_batches(n=6, batch=8, hw=32), target="host-litert",
                           profile=path, budget_ratio=0.6,
                           config=PruneConfig(steps=12, update_interval=2, verify_steps=6,
-                                             verify_strict=True))
+                                             verify_strict=True, verify_early=False))
     v = res.verify
     assert v[0]["measured_over_budget"] > 1, v  # the crafted profile under-predicts
     assert len(v) >= 2 and v[1]["internal_budget"] < v[0]["internal_budget"]
