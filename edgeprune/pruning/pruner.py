@@ -640,7 +640,7 @@ class Pruner:
         and return the result."""
         if not self._prepared:
             raise ConfigError("Pruner.finalize before Pruner.prepare")
-        cfg, groups, students, teacher = self.cfg, self.groups, self.students, self.teacher
+        cfg, students, teacher = self.cfg, self.students, self.teacher
         device, step = self.device, self.step_count
         self._check(step)
         if self.world > 1:  # BatchNorm running statistics were computed per rank: average them
