@@ -118,8 +118,10 @@ def prune(model: nn.Module, data: Iterable, *, target: str | Target,
     local target) the result is also measured: converted and timed on the target with its
     protocol, beside the baseline for a ``budget_ratio`` (their measured ratio must meet it),
     alone for a ``budget_ms``; while it measures over the budget, pruning continues toward a
-    tighter internal budget (``PruneResult.verify`` has every round). Without it, the budget
-    is met in prediction only.
+    tighter internal budget (``PruneResult.verify`` has every round). It is measured once
+    before that too, where the ramp reaches the budget (``config.verify_early``), so that a
+    correction comes while most of the training is still to come (``PruneResult.ramp_check``).
+    Without ``verify``, the budget is met in prediction only.
     """
     from edgeprune.pruning.config import PruneConfig
     from edgeprune.pruning.pruner import run
