@@ -799,7 +799,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                            "timing_runs_over": runs_over, "timing_runs": runs})
             if measured <= limit:
                 break
-            if runs_over < runs and not cfg.verify_strict:
+            if not _acts_on(runs_over, runs, cfg):
                 notes.append(f"measured {measured:.4g} ms, {100 * (measured / limit - 1):.1f}% over the "
                              f"budget {limit:.4g} ms, but only {runs_over} of {runs} timing runs were "
                              "over it: within the measurement's noise, not tightened "
@@ -808,7 +808,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             if r == cfg.verify_rounds:
                 break
             # if the measured/predicted ratio holds, this internal budget measures just under it
-            internal = result.predicted_cost * limit * (1 - cfg.verify_margin) / measured
+            internal = _aimed_budget(result.predicted_cost, measured, limit, cfg)
             if internal < pruner.floor_cost:
                 notes.append(f"measured {measured:.4g} ms over the budget {limit:.4g} ms; the internal "
                              f"budget it needs ({internal:.4g} predicted) is below the smallest "
@@ -859,6 +859,18 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
         model.eval()
 
 
+def _acts_on(runs_over: int, runs: int, cfg: PruneConfig) -> bool:
+    """Whether a median over the budget is acted on: every timing run over it (a sign
+    test), or any excess with ``verify_strict``."""
+    return runs_over == runs or cfg.verify_strict
+
+
+def _aimed_budget(predicted: float, measured: float, limit: float, cfg: PruneConfig) -> float:
+    """The internal (predicted) budget that lands ``verify_margin`` under the measured budget
+    if the measured/predicted ratio holds."""
+    return predicted * limit * (1 - cfg.verify_margin) / measured
+
+
 def _ramp_check(pruner: Pruner, measure: Callable[[nn.Module], tuple], world: int) -> dict[str, Any]:
     """Measure what student 0 would become now (the ramp has reached the budget); if it is
     over the budget in every timing run (any excess, with ``verify_strict``), lower the
@@ -870,8 +882,8 @@ def _ramp_check(pruner: Pruner, measure: Callable[[nn.Module], tuple], world: in
     rec = {"step": pruner.step_count, "internal_budget": pruner.budget, "predicted": predicted,
            "measured_ms": measured, "budget_ms": limit, "measured_over_budget": measured / limit,
            "timing_runs_over": runs_over, "timing_runs": runs, "tightened_to": None}
-    if measured > limit and (runs_over == runs or cfg.verify_strict):
-        internal = predicted * limit * (1 - cfg.verify_margin) / measured
+    if measured > limit and _acts_on(runs_over, runs, cfg):
+        internal = _aimed_budget(predicted, measured, limit, cfg)
         if pruner.floor_cost <= internal < pruner.budget:
             pruner.retarget(internal)
             rec["tightened_to"] = internal
