@@ -59,10 +59,12 @@ def test_rows_merge_by_model_method_budget_seed_and_host():
     assert merged[-1]["host"] == here
 
 
-def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_rounds(cx, monkeypatch):
+@pytest.mark.parametrize("match", [bench.MATCH, 1.0])
+def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_rounds(cx, monkeypatch, match):
     """Ratios that prune alike give one candidate, and a candidate is taken on the median of
     its per-round ratios to the baseline: one round whose baseline ran slow (so every model
-    looked twice as fast) does not let a model over the budget through."""
+    looked twice as fast) does not let a model over the budget through; ``--match`` is the
+    bound it is held to."""
     base_params = sum(p.numel() for p in cx.teacher.parameters())
     models_by_art: dict = {}
     calls: list = []
@@ -87,7 +89,7 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     monkeypatch.setattr(bench, "time_rounds", time_rounds)
     monkeypatch.setattr(bench, "RATIO_GRID", (0.2, 0.3, 0.4, 0.45, 0.5, 0.6))
     fake = SimpleNamespace(**vars(cx), base_art="baseline", base_pred=1.0, t=None,
-                           a=SimpleNamespace(rounds=5), train_labeled=None,
+                           a=SimpleNamespace(rounds=5, match=match), train_labeled=None,
                            spec=SimpleNamespace(input=SimpleNamespace(mean=None, std=None)),
                            profile=SimpleNamespace(predict_ms=true_ratio), artifact=artifact)
     r = 0.5
@@ -101,9 +103,10 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     for c in record["measured"]:
         assert c["round_ratios"][0] == pytest.approx(c["predicted_ratio"] / 2)  # the slow round
         assert c["measured_ratio"] == pytest.approx(c["predicted_ratio"])  # its median: the truth
-    fitting = [c["predicted_ratio"] for c in record["measured"] if c["predicted_ratio"] <= r * bench.MATCH]
+    assert record["match"] == match
+    fitting = [c["predicted_ratio"] for c in record["measured"] if c["predicted_ratio"] <= r * match]
     assert true_ratio(best["model"]) == pytest.approx(max(fitting))
-    assert true_ratio(best["model"]) <= r * bench.MATCH
+    assert true_ratio(best["model"]) <= r * match
 
 
 def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_distils_without_labels(cx, monkeypatch):
