@@ -86,6 +86,9 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: lr 0.05": {"lr": 0.05},
     "edgeprune: early ramp": {"ramp_end": 0.3, "select_until": 0.45},
     "edgeprune: lr 0.05, early ramp": {"lr": 0.05, "ramp_end": 0.3, "select_until": 0.45},
+    # nearest to "prune, then distill" that the method allows: the widths are final at 0.3 of
+    # the run, and the rest trains them from lr 0.04 down
+    "edgeprune: lr 0.05, fast ramp": {"lr": 0.05, "ramp_end": 0.15, "select_until": 0.3},
     # the closed loop only at the end (before 2026-12-04 every run was this)
     "edgeprune: no ramp check": {"verify_early": False},
 }
