@@ -22,7 +22,11 @@ latency), every method prunes the same teacher:
   training adds over "prune, then distill");
 - ``edgeprune widths, distilled``: edgeprune's own widths, cut from the teacher by L1 norm and
   distilled the same way (no labels): whether a gap to the peers is the allocation or the
-  training.
+  training;
+- ``baseline, fine-tuned``: the control for the labeled peers, not a pruning method: the
+  unpruned teacher fine-tuned with labels exactly as they are (one row per seed, at budget
+  1.0). What it gains over the teacher is what further labeled training gives any model of
+  this teacher, which a method that only learns from the teacher cannot get.
 
 ``--ablations`` adds edgeprune's switches at 0.5x (at every budget when --budgets is
 given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
@@ -69,7 +73,8 @@ BUDGETS = {"resnet20": (0.7, 0.5), "resnet56": (0.7, 0.5), "vgg_small": (0.5, 0.
            "mobilenetv2": (0.5, 0.35, 0.25)}
 TP_CRITERIA = ("l1", "taylor", "bnscale")
 WIDTHS_DISTILL = "edgeprune widths, distilled"
-METHODS = ("edgeprune", *(f"tp-{c}" for c in TP_CRITERIA), "tp-distill", WIDTHS_DISTILL)
+TEACHER_FT = "baseline, fine-tuned"
+METHODS = ("edgeprune", *(f"tp-{c}" for c in TP_CRITERIA), "tp-distill", WIDTHS_DISTILL, TEACHER_FT)
 ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: no feature loss": {"feature_loss": False},
     "edgeprune: no mutual learning": {"mutual_learning": False},
@@ -226,6 +231,8 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
         tp_models = {}
         for seed in a.seeds:
             first = seed == a.seeds[0]
+            if TEACHER_FT in a.methods and r == budgets[0]:  # one per seed, whatever the budgets
+                pending.append(_teacher_finetuned(cx, seed))
             if "edgeprune" in a.methods:
                 pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
                 if WIDTHS_DISTILL in a.methods and pending[-1][1] is not None:
@@ -444,6 +451,22 @@ def _widths_distill(cx: _Ctx, r: float, seed: int, ep_row: dict):
                removed_blocks=list(ep_row["removed_blocks"]), wall_s=round(wall, 1))
     print(f"{cx.name} {WIDTHS_DISTILL} {r}x seed {seed}: val {100 * row['top1_val']:.2f}%", flush=True)
     return row, ft, cx.artifact(ft, f"widths-distill-{r}-{seed}")
+
+
+def _teacher_finetuned(cx: _Ctx, seed: int):
+    """The control for the labeled peers: the unpruned teacher fine-tuned with labels exactly
+    as they are (same epochs, same learning rates, val picks). A teacher that had not
+    converged gains from it, and a peer fine-tuned with labels inherits that gain, which a
+    label-free method that learns from the teacher cannot; this row measures how much."""
+    t0 = time.perf_counter()
+    ft, lr = _finetune(cx, copy.deepcopy(cx.teacher), seed, teacher=None)
+    wall = time.perf_counter() - t0
+    row = _row(cx, TEACHER_FT, 1.0, seed, labels=True, finetune_epochs=cx.a.epochs, finetune_lr=lr,
+               top1_val=cx.top1(ft, "val"), predicted_ms=cx.profile.predict_ms(ft),
+               wall_s=round(wall, 1))
+    print(f"{cx.name} {TEACHER_FT} seed {seed}: val {100 * row['top1_val']:.2f}% in {wall:.0f} s",
+          flush=True)
+    return row, ft, cx.artifact(ft, f"teacher-ft-{seed}")
 
 
 def _finetune(cx: _Ctx, model, seed: int, teacher):

@@ -132,6 +132,31 @@ def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_dis
     assert model(cx.example).shape == (1, 10)
 
 
+def test_the_fine_tuned_baseline_trains_a_copy_of_the_unpruned_teacher_with_labels(cx, monkeypatch):
+    """The peers' control: the teacher at full width, fine-tuned with labels (no teacher), on
+    a copy: the teacher every other row learns from or is timed against is not touched."""
+    seen = {}
+    before = {k: v.clone() for k, v in cx.teacher.state_dict().items()}
+
+    def finetune(cx_, model, seed, teacher):
+        seen.update(model=model, teacher=teacher, seed=seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)  # what training does to the copy must not reach the teacher
+        return model, 0.01
+
+    monkeypatch.setattr(bench, "_finetune", finetune)
+    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, command="c", commit="x"),
+                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
+                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    row, model, art = bench._teacher_finetuned(fake, 2)
+    assert seen["teacher"] is None and seen["seed"] == 2 and seen["model"] is not cx.teacher
+    assert row["labels"] is True and row["method"] == bench.TEACHER_FT and row["budget_ratio"] == 1.0
+    assert row["finetune_epochs"] == 8 and row["finetune_lr"] == 0.01
+    assert bench._widths(model) == bench._widths(cx.teacher)
+    assert all(torch.equal(v, before[k]) for k, v in cx.teacher.state_dict().items())
+
+
 def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
     """The larger sample each row is also scored on is fresh images: none is a test or val image."""
     from edgeprune.data.sources import SHAPES_SEEDS
