@@ -297,10 +297,11 @@ def _plot_costs(ax: Any, history: Sequence[dict], unit: str, budget: float | Non
         pts = [(h["step"], h["predicted"][s]) for h in history if s < len(h["predicted"])]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".",
                 label=f"student {s}: predicted", color=_COLOURS[s % len(_COLOURS)])
-    ax.plot(steps, [h["budget_t"] for h in history], "--", color="black", label="ramped budget")
+    ax.plot(steps, [h["budget_t"] for h in history], "--", color="black",
+            label="ramped budget (a closed-loop correction lowers it)")
     if budget is not None:
         ax.axhline(budget, color=_COLOURS[3], linestyle=":",
-                   label=f"final budget {budget:.4g} {unit}")
+                   label=f"budget at the ramp's end {budget:.4g} {unit}")
     ax.set_ylabel(_cost_label(unit))
     ax.set_title("predicted cost with the zeroed channels removed, vs budget", fontsize=9)
     ax.legend(fontsize=8, loc="best")
