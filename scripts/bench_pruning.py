@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         a.holdout = min(a.holdout, 2000)
     if a.holdout < 0:
         ap.error(f"--holdout {a.holdout} is invalid; give a number of images >= 0 (0: off)")
+    if not a.match >= 1.0:  # below 1 would hold the peer under the budget, and NaN to nothing
+        ap.error(f"--match {a.match} is invalid; give a factor >= 1.0 (1.0: at most the budget)")
     torch.set_num_threads(a.threads)
     t = load_target(a.target)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"

@@ -157,6 +157,14 @@ def test_the_fine_tuned_baseline_trains_a_copy_of_the_unpruned_teacher_with_labe
     assert all(torch.equal(v, before[k]) for k, v in cx.teacher.state_dict().items())
 
 
+@pytest.mark.parametrize("bad", ["0.9", "0", "nan"])
+def test_a_match_below_the_budget_is_refused_with_the_bad_value(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--match", bad])
+    assert e.value.code == 2
+    assert f"--match {float(bad)} is invalid" in capsys.readouterr().err
+
+
 def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
     """The larger sample each row is also scored on is fresh images: none is a test or val image."""
     from edgeprune.data.sources import SHAPES_SEEDS
