@@ -53,7 +53,8 @@ _ROW_OPTIONAL = {
     "pruner_budget": _NUM, "pruner_cost_unit": str,
 }
 _BASELINE_FIELDS = {"measured_ms": _NUM, "top1": _NUM}
-_BASELINE_OPTIONAL = {"macs": _NUM, "params": _NUM, "predicted_ms": _NUM_OR_NULL, "top1_holdout": _NUM}
+_BASELINE_OPTIONAL = {"macs": _NUM, "params": _NUM, "predicted_ms": _NUM_OR_NULL, "top1_holdout": _NUM,
+                      "teacher": str}
 _LOSSES = (("kd", "KD (teacher to student)"), ("feat", "feature / attention transfer"),
            ("ml", "mutual learning"))
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -497,7 +498,8 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
 
 
 def _baseline_cells(b: dict[str, Any]) -> list[str]:
-    return (["baseline (unpruned)", "", "", "", "", _num(b["measured_ms"]), "1.000",
+    name = f"baseline (unpruned, `{b['teacher']}`)" if b.get("teacher") else "baseline (unpruned)"
+    return ([name, "", "", "", "", _num(b["measured_ms"]), "1.000",
              _num(b.get("predicted_ms")),
              _num(b.get("macs"), ",.0f"), _num(b.get("params"), ",.0f"),
              _num(b["top1"], ".2f", 100), _num(b.get("top1_holdout"), ".2f", 100)]

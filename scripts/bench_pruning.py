@@ -1,7 +1,9 @@
 """edgeprune against Torch-Pruning at equal **measured** latency on host-litert.
 
-For each committed ``shapes`` baseline and each budget (a fraction of the baseline's measured
-latency), every method prunes the same teacher:
+For each committed ``shapes`` baseline (``bench/baselines/<model>-shapes``, or the directory
+``--teacher`` names) and each budget (a fraction of the baseline's measured latency), every
+method prunes the same teacher. One results file holds one teacher per model (recorded as the
+baseline's ``teacher``); rows of another teacher go to another ``--out``.
 
 - ``edgeprune``: the default config, no labels, no fine-tuning (its budget is the fraction of
   its profile's predicted baseline, which is the same fraction of the measured one while the
@@ -37,6 +39,7 @@ its per-round ratios to the baseline. Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
 
     python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
+        [--teacher resnet20=resnet20-shapes-e40]
         [--methods edgeprune tp-l1 ...] [--ablations [NAME ...]] [--seeds 0 1 2] [--epochs 8]
         [--report-dir docs/benchmarks]
 """
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--target", default="host-litert")
+    ap.add_argument("--teacher", nargs="+", default=[], metavar="MODEL=DIR",
+                    help="the teacher of MODEL: a directory under bench/baselines/ (default "
+                         "MODEL-shapes), e.g. resnet20=resnet20-shapes-e40")
     ap.add_argument("--holdout", type=int, default=20000,
                     help="fresh shapes images (seed 100, apart from every split) each row is also "
                          "scored on; read, like test, for the final table only; 0: off")
@@ -141,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--holdout {a.holdout} is invalid; give a number of images >= 0 (0: off)")
     if not a.match >= 1.0:  # below 1 would hold the peer under the budget, and NaN to nothing
         ap.error(f"--match {a.match} is invalid; give a factor >= 1.0 (1.0: at most the budget)")
+    a.teachers = _teachers(ap, a.teacher, a.models)
     torch.set_num_threads(a.threads)
     t = load_target(a.target)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
     doc = _load(out)
+    for name in a.models:  # one file, one teacher per model: its rows are compared with it
+        had = doc.get("baselines", {}).get(name, {}).get("teacher", f"{name}-shapes")
+        if name in doc.get("baselines", {}) and had != a.teachers[name]:
+            ap.error(f"--teacher {name}={a.teachers[name]}: {out} holds {name} rows of teacher "
+                     f"{had}; give another --out for this teacher's rows")
     doc["rows"] = rows_with_host(doc)  # before the header names this host
     doc.update(provenance("pruning", "bench_pruning.py", argv))
     a.command, a.commit = doc["command"], _commit()  # the code this invocation runs
@@ -170,7 +182,8 @@ class _Ctx:
     """What every method of one model shares: teacher, data splits, profile, artifacts."""
 
     def __init__(self, name: str, a, t, tmp: Path) -> None:
-        ckpt = ROOT / "bench" / "baselines" / f"{name}-shapes" / "model.safetensors"
+        self.teacher_dir = a.teachers[name]
+        ckpt = ROOT / "bench" / "baselines" / self.teacher_dir / "model.safetensors"
         self.name, self.a, self.t, self.tmp = name, a, t, tmp
         self.teacher = edgeprune.load(ckpt)
         self.spec = self.teacher.edgeprune_spec
@@ -252,7 +265,8 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
             if first and "tp-distill" in a.methods and _best(tp_models):
                 pending.append(_tp_distill(cx, r, seed, _best(tp_models)))
     rows = _time_together(cx, pending)
-    base = {"measured_ms": statistics.median(cx.base_rounds), "predicted_ms": cx.base_pred,
+    base = {"teacher": cx.teacher_dir, "measured_ms": statistics.median(cx.base_rounds),
+            "predicted_ms": cx.base_pred,
             **cx.test_fields(cx.teacher), "top1_val": cx.top1(cx.teacher, "val"),
             "val_images": len(cx.val), **cx.sizes(cx.teacher)}
     return rows, base
@@ -524,6 +538,26 @@ def _print(cx: _Ctx, rows: list[dict], base_ms: float) -> None:
 
 def _pct(v: float | None) -> str:
     return f"{100 * v:6.2f}%" if v is not None else "      -"
+
+
+def _teachers(ap, given: list[str], models: list[str]) -> dict[str, str]:
+    """MODEL -> the directory under bench/baselines/ whose checkpoint is its teacher."""
+    out = {m: f"{m}-shapes" for m in models}
+    for item in given:
+        model, sep, d = item.partition("=")
+        if not sep or model not in BUDGETS or not d:
+            ap.error(f"--teacher {item!r} is invalid; give MODEL=DIR with MODEL one of "
+                     f"{', '.join(BUDGETS)}, e.g. resnet20=resnet20-shapes-e40")
+        ckpt = ROOT / "bench" / "baselines" / d / "model.safetensors"
+        if not ckpt.is_file():
+            ap.error(f"--teacher {item}: bench/baselines/{d}/model.safetensors does not exist; "
+                     "give a directory under bench/baselines/ that holds a checkpoint")
+        arch = edgeprune.load(ckpt).edgeprune_spec.architecture
+        if arch != model:
+            ap.error(f"--teacher {item}: bench/baselines/{d} holds a {arch}, not a {model}; "
+                     f"give a {model} checkpoint")
+        out[model] = d
+    return out
 
 
 def _load(path: Path) -> dict:

@@ -204,3 +204,29 @@ def test_timed_rows_carry_latency_test_and_holdout_top1_and_sizes(cx, tmp_path, 
     assert out["holdout_images"] == 40 and out["holdout_seed"] == bench.HOLDOUT_SEED
     assert out["val_images"] == 40  # what a row's top1_val was read on (2,000 before 10,000)
     assert out["params"] == sum(p.numel() for p in cx.teacher.parameters()) and out["macs"] > 0
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("resnet20", "--teacher 'resnet20' is invalid"),
+    ("lenet=resnet20-digits", "--teacher 'lenet=resnet20-digits' is invalid"),
+    ("resnet20=no-such-dir", "bench/baselines/no-such-dir/model.safetensors does not exist"),
+    ("resnet20=resnet56-shapes", "holds a resnet56, not a resnet20"),
+])
+def test_a_bad_teacher_is_refused_with_the_bad_value(bad, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", "resnet20", "--teacher", bad])
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_rows_of_another_teacher_are_not_merged_into_a_file(tmp_path, capsys):
+    """A file compares every row of a model with one teacher: rows of another teacher need
+    another --out, and the file is left as it was (files from before --teacher had the default)."""
+    out = tmp_path / "pruning.json"
+    out.write_text('{"rows": [], "baselines": {"resnet20": {"measured_ms": 1.0, "top1": 0.9}}}')
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", "resnet20", "--teacher", "resnet20=resnet20-digits", "--out", str(out)])
+    assert e.value.code == 2
+    assert "holds resnet20 rows of teacher resnet20-shapes" in capsys.readouterr().err
+    assert out.read_bytes() == before

@@ -260,3 +260,15 @@ def test_the_holdout_top1_is_a_column_where_rows_carry_it(tmp_path):
     assert cells("| edgeprune |")[col] == "92.34"
     assert cells("| baseline")[col] == "94.12"
     assert cells("| tp-l1 |")[col] == "–"  # a row from before the holdout
+
+
+def test_the_baseline_row_names_its_teacher_where_the_benchmark_records_it(tmp_path):
+    b = benchmark()
+    text = write_report(write(tmp_path / "a.json", b), tmp_path / "a").read_text()
+    assert "| baseline (unpruned) |" in text  # files from before --teacher
+    b["baselines"]["resnet20"]["teacher"] = "resnet20-shapes-e40"
+    text = write_report(write(tmp_path / "b.json", b), tmp_path / "b").read_text()
+    assert "| baseline (unpruned, `resnet20-shapes-e40`) |" in text
+    b["baselines"]["resnet20"]["teacher"] = 40
+    with pytest.raises(ConfigError, match="teacher"):
+        write_report(write(tmp_path / "c.json", b), tmp_path / "c")
