@@ -20,7 +20,7 @@ OUT = ROOT / "bench" / "baselines"
 
 # name: (model, data, epochs, training images or None for all, batch size, lr, val data or None).
 # On shapes a net first sits near chance for the first ~25k images seen (ResNet-20 leaves it in
-# epoch 3). ResNet-20 (both) was trained on this project's 2-core CPU. ResNet-56, MobileNetV2 and
+# epoch 3). ResNet-20 (all three) was trained on this project's 2-core CPU. ResNet-56, MobileNetV2 and
 # VGG-Small are ~3x, ~5x and ~6x slower per image than ResNet-20 on that CPU (over an hour each
 # for 15 epochs); they were trained with --device cuda on a lent H100 with the longer schedule
 # below (see docs/baselines.md). The same commands run on a CPU, only slower. VGG-Small has no
@@ -28,7 +28,7 @@ OUT = ROOT / "bench" / "baselines"
 # still at 39% after 30 epochs; lr 0.01/0.02/0.05 gave 89.4/90.4/84.4% (one run each).
 # The first five scored on their test split (before shapes had a val split; no choice was made
 # on it). resnet20-shapes-e40 is the converged ResNet-20 teacher: 40 epochs, scored on
-# shapes:val, whose last three epochs lie within 0.03 points (docs/baselines.md).
+# shapes:val, whose last three epochs lie within 0.07 points (docs/baselines.md).
 RUNS = {
     "resnet20-shapes": ("resnet20", "shapes", 15, None, 128, 0.1, None),
     "resnet20-shapes-e40": ("resnet20", "shapes:train", 40, None, 128, 0.1, "shapes:val"),
