@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     t = load_target(a.target)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
     doc = _load(out)
-    for name in a.models:  # one file, one teacher per model: its rows are compared with it
-        had = doc.get("baselines", {}).get(name, {}).get("teacher", f"{name}-shapes")
-        if name in doc.get("baselines", {}) and had != a.teachers[name]:
+    for name, b in doc.get("baselines", {}).items():  # one file, one teacher per model
+        had = b.get("teacher", f"{name}-shapes")  # files from before --teacher: the default
+        if name in a.models and had != a.teachers[name]:
             ap.error(f"--teacher {name}={a.teachers[name]}: {out} holds {name} rows of teacher "
                      f"{had}; give another --out for this teacher's rows")
     doc["rows"] = rows_with_host(doc)  # before the header names this host
