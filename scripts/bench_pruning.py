@@ -100,7 +100,8 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     # the closed loop only at the end (before 2026-12-04 every run was this)
     "edgeprune: no ramp check": {"verify_early": False},
 }
-RATIO_GRID = tuple(round(r, 3) for r in np.arange(0.05, 0.951, 0.025))
+RATIO_STEP = 0.0125  # the peer's ratio grid (0.025 until 2026-12-05: on the 40-epoch ResNet-20
+# teacher its 16 distinct models left none at or under 0.5x, nearest 0.502x)
 MATCH = 1.03  # by default a peer's measured ratio may exceed the budget by at most 3% (--match)
 MEASURE_AT_ONCE = 4  # candidates timed per side-by-side measurement
 HOLDOUT_SEED = 100  # shapes' splits are seeds 0 (train), 1 (test), 2 (val): a stream apart from all
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match", type=float, default=MATCH,
                     help="a peer's measured ratio may be at most this x the budget (1.0: held to "
                          "the budget, as edgeprune's closed loop is)")
+    ap.add_argument("--ratio-step", type=float, default=RATIO_STEP,
+                    help="step of the peer's pruning-ratio grid, 0.05 to 0.95 (finer: more "
+                         "distinct models to choose from, a longer search)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--target", default="host-litert")
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--holdout {a.holdout} is invalid; give a number of images >= 0 (0: off)")
     if not a.match >= 1.0:  # below 1 would hold the peer under the budget, and NaN to nothing
         ap.error(f"--match {a.match} is invalid; give a factor >= 1.0 (1.0: at most the budget)")
+    if not 0.001 <= a.ratio_step <= 0.45:  # NaN fails too
+        ap.error(f"--ratio-step {a.ratio_step} is invalid; give a step in [0.001, 0.45], e.g. 0.0125")
     a.teachers = _teachers(ap, a.teacher, a.models)
     torch.set_num_threads(a.threads)
     t = load_target(a.target)
@@ -363,7 +369,7 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
     base = _widths(cx.teacher)
     cands, seen = [], set()
     for global_ in (True, False):
-        for ratio in RATIO_GRID:
+        for ratio in ratio_grid(cx.a.ratio_step):
             m = _tp_prune(cx, criterion, ratio, global_, (x, y))
             w = _widths(m)
             if w == base or w in seen:  # the trap (every channel kept), or a model already listed
@@ -386,8 +392,8 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
         ok = [c for c in measured if c["measured_ratio"] <= r * cx.a.match]
         if ok:
             best = max(ok, key=lambda c: c["measured_ratio"])
-            return best, _search_record(cands, measured, best, cx.a.match)
-    return None, _search_record(cands, measured, None, cx.a.match)
+            return best, _search_record(cands, measured, best, cx.a)
+    return None, _search_record(cands, measured, None, cx.a)
 
 
 def _widths(model) -> tuple:
@@ -404,9 +410,15 @@ def _round_ratios(cx: _Ctx, arts: list[Path]) -> list[list[float]]:
     return [[rnd[k] / rnd[0] for rnd in per_round] for k in range(1, len(arts) + 1)]
 
 
-def _search_record(cands, measured, best, match: float) -> dict:
+def ratio_grid(step: float) -> tuple[float, ...]:
+    """The peer's pruning ratios: 0.05 to 0.95 in ``step``s (both ends kept)."""
+    n = int(round(0.9 / step))
+    return tuple(sorted({round(min(0.05 + k * step, 0.95), 4) for k in range(n + 1)} | {0.95}))
+
+
+def _search_record(cands, measured, best, a) -> dict:
     keep = ("ratio", "global", "params", "predicted_ratio", "measured_ratio", "round_ratios")
-    return {"candidates": len(cands), "match": match, "measured": [{k: c.get(k) for k in keep} for c in measured],
+    return {"candidates": len(cands), "match": a.match, "ratio_step": a.ratio_step, "measured": [{k: c.get(k) for k in keep} for c in measured],
             "chosen": {k: best.get(k) for k in keep} if best else None}
 
 

@@ -87,9 +87,8 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     batch = (torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
     monkeypatch.setattr(bench.data, "batches", lambda *a, **k: iter([batch]))
     monkeypatch.setattr(bench, "time_rounds", time_rounds)
-    monkeypatch.setattr(bench, "RATIO_GRID", (0.2, 0.3, 0.4, 0.45, 0.5, 0.6))
     fake = SimpleNamespace(**vars(cx), base_art="baseline", base_pred=1.0, t=None,
-                           a=SimpleNamespace(rounds=5, match=match), train_labeled=None,
+                           a=SimpleNamespace(rounds=5, match=match, ratio_step=0.1), train_labeled=None,
                            spec=SimpleNamespace(input=SimpleNamespace(mean=None, std=None)),
                            profile=SimpleNamespace(predict_ms=true_ratio), artifact=artifact)
     r = 0.5
@@ -98,12 +97,12 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     measured = [a for chunk in calls for a in chunk]
     widths = [bench._widths(models_by_art[a]) for a in measured]
     assert len(set(widths)) == len(widths) == len(record["measured"])  # each model timed once
-    assert record["candidates"] < 2 * len(bench.RATIO_GRID)  # some ratios pruned alike
+    assert record["candidates"] < 2 * len(bench.ratio_grid(0.1))  # some ratios pruned alike
     assert best is not None
     for c in record["measured"]:
         assert c["round_ratios"][0] == pytest.approx(c["predicted_ratio"] / 2)  # the slow round
         assert c["measured_ratio"] == pytest.approx(c["predicted_ratio"])  # its median: the truth
-    assert record["match"] == match
+    assert record["match"] == match and record["ratio_step"] == 0.1
     fitting = [c["predicted_ratio"] for c in record["measured"] if c["predicted_ratio"] <= r * match]
     assert true_ratio(best["model"]) == pytest.approx(max(fitting))
     assert true_ratio(best["model"]) <= r * match
@@ -163,6 +162,21 @@ def test_a_match_below_the_budget_is_refused_with_the_bad_value(bad, capsys):
         bench.main(["--match", bad])
     assert e.value.code == 2
     assert f"--match {float(bad)} is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step, n", [(0.025, 37), (0.0125, 73), (0.1, 10), (0.4, 4)])
+def test_the_peer_ratio_grid_spans_005_to_095_in_the_step(step, n):
+    grid = bench.ratio_grid(step)
+    assert len(grid) == n and grid[0] == 0.05 and grid[-1] == 0.95
+    assert list(grid) == sorted(set(grid))  # increasing, no ratio twice
+    assert set(bench.ratio_grid(0.025)) <= set(bench.ratio_grid(0.0125))  # finer keeps every ratio
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "0.5", "nan"])
+def test_a_bad_ratio_step_is_refused_with_the_bad_value(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--ratio-step", bad, "--out", "/nonexistent/never-written.json"])
+    assert e.value.code == 2 and f"--ratio-step {float(bad)} is invalid" in capsys.readouterr().err
 
 
 def test_the_holdout_sample_is_labelled_and_apart_from_every_split(tmp_path):
