@@ -429,6 +429,9 @@ def _tp(cx: _Ctx, r: float, seed: int, criterion: str):
     if best is None:
         why = (f"no Torch-Pruning ({criterion}) candidate of {search['candidates']} measured within "
                f"{cx.a.match:.2f} x {r} of the baseline")
+        if search["measured"]:  # the nearest it has, so the reader sees how far off the peer is
+            near = min(search["measured"], key=lambda c: c["measured_ratio"])
+            why += f" (nearest: {near['measured_ratio']:.3f}x, {near['params']:,} params)"
         print(f"{cx.name} {method} {r}x: infeasible: {why}", flush=True)
         return _row(cx, method, r, seed, labels=True, finetune_epochs=cx.a.epochs, infeasible=why,
                     search=search), None, None

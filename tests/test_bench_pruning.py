@@ -108,6 +108,21 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
     assert true_ratio(best["model"]) <= r * match
 
 
+@pytest.mark.parametrize("measured", [[], [0.532, 0.5022, 0.517]])
+def test_an_infeasible_peer_row_says_why_and_how_near_it_came(monkeypatch, measured):
+    """No candidate within the budget: the row says `infeasible` with the count searched and,
+    when any was timed, the nearest measured ratio, and nothing is fine-tuned."""
+    record = {"candidates": 21, "match": 1.0, "ratio_step": 0.0125, "chosen": None,
+              "measured": [{"measured_ratio": m, "params": 1000 + i} for i, m in enumerate(measured)]}
+    monkeypatch.setattr(bench, "_tp_search", lambda cx_, criterion, r: (None, record))
+    monkeypatch.setattr(bench, "_finetune", lambda *a, **k: pytest.fail("fine-tuned an infeasible row"))
+    fake = SimpleNamespace(name="resnet20", ran_on="here", a=SimpleNamespace(match=1.0, epochs=8, command="c", commit="x"))
+    row, model, art = bench._tp(fake, 0.5, 0, "taylor")
+    assert model is None and art is None and row["search"] is record and row["labels"] is True
+    assert row["infeasible"].startswith("no Torch-Pruning (taylor) candidate of 21 measured within 1.00 x 0.5")
+    assert ("nearest: 0.502x, 1,001 params" in row["infeasible"]) == bool(measured)
+
+
 def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_distils_without_labels(cx, monkeypatch):
     """The control row for edgeprune's training: the same architecture as edgeprune's row,
     cut from the teacher, fine-tuned by distillation from that teacher (never with labels)."""
