@@ -179,6 +179,18 @@ def test_a_match_below_the_budget_is_refused_with_the_bad_value(bad, capsys):
     assert f"--match {float(bad)} is invalid" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("label", list(bench.ABLATIONS))
+def test_every_ablation_is_a_valid_config_that_changes_the_default(label):
+    """A misspelt switch would fail only after an hour of benchmark: refuse it here. Each
+    named ablation but the MACs one (a target, not a switch) differs from the default."""
+    from edgeprune.pruning import PruneConfig
+
+    switches = bench.ABLATIONS[label]
+    cfg = PruneConfig().replace(**switches)
+    assert label.startswith("edgeprune: ")
+    assert (cfg != PruneConfig()) == (not label.endswith("MACs cost"))
+
+
 @pytest.mark.parametrize("step, n", [(0.025, 37), (0.0125, 73), (0.1, 10), (0.4, 4)])
 def test_the_peer_ratio_grid_spans_005_to_095_in_the_step(step, n):
     grid = bench.ratio_grid(step)
