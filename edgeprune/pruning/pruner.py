@@ -787,7 +787,6 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
         result = pruner.finalize()
         if measure is None:
             return finish(result)
-        result = dataclasses.replace(result, ramp_check=early)
         steps = cfg.verify_steps or max(4 * cfg.update_interval + 1, round(0.15 * total_steps))
         rounds: list[dict[str, Any]] = []
         notes = list(result.notes)
@@ -829,7 +828,9 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                                                        or last["timing_runs_over"] == last["timing_runs"]):
             notes.append(f"over budget in measurement: {last['measured_ms']:.4g} ms measured against "
                          f"{last['budget_ms']:.4g} ms after {len(rounds) - 1} closed-loop round(s)")
-        return finish(dataclasses.replace(result, verify=tuple(rounds), notes=tuple(notes),
+        # a round at the end finalizes again: the ramp check is carried over to that result
+        return finish(dataclasses.replace(result, ramp_check=early, verify=tuple(rounds),
+                                          notes=tuple(notes),
                                           seconds=time.perf_counter() - pruner.started))
     finally:
         pruner.close()

@@ -135,6 +135,23 @@ def test_ramp_check_within_the_budget_changes_nothing():
         assert torch.equal(res.model.eval()(x), plain.model.eval()(x))
 
 
+def test_ramp_check_is_kept_in_the_result_when_a_round_at_the_end_follows():
+    """Within the budget at the ramp's end, over it at the end: the round at the end retrains
+    and finalizes again, and the result still records the ramp check that came before it."""
+    model, cost, budget = _macs_case(0.6)
+    calls = []
+
+    def measure(pruned):
+        calls.append(pruned)
+        return {1: 0.5, 2: 1.3}.get(len(calls), 0.9) * cost.of_model(pruned), budget
+
+    res = _closed_loop(model, cost, budget, measure, FAST)
+    assert len(res.verify) >= 2 and res.verify[0]["measured_over_budget"] > 1  # a round ran
+    assert res.ramp_check is not None and res.ramp_check["tightened_to"] is None
+    assert res.ramp_check["measured_ms"] == pytest.approx(0.5 * res.ramp_check["predicted"])
+    assert res.to_dict()["ramp_check"] == res.ramp_check
+
+
 def test_ramp_check_does_not_act_on_noise():
     model, cost, budget = _macs_case(0.6)
     res = _closed_loop(model, cost, budget, lambda m: (1.02 * budget, budget, _noisy_excess(budget)), FAST)
