@@ -97,10 +97,9 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     # nearest to "prune, then distill" that the method allows: the widths are final at 0.3 of
     # the run, and the rest trains them from lr 0.04 down
     "edgeprune: lr 0.05, fast ramp": {"lr": 0.05, "ramp_end": 0.15, "select_until": 0.3},
-    # the closed loop aims 1% under the budget instead of 3%: the 5-run median it acts on
-    # repeated within 0.1% for the same widths (0.479x in three invocations, 2026-12-05),
-    # and every point of the margin is capacity given away
-    "edgeprune: margin 0.01": {"verify_margin": 0.01},
+    # the closed loop's margin before 2026-12-05 (aim 3% under the budget, not 1%); rows
+    # named "edgeprune: margin 0.01" in older results are today's default
+    "edgeprune: margin 0.03": {"verify_margin": 0.03},
     # the closed loop only at the end (before 2026-12-04 every run was this)
     "edgeprune: no ramp check": {"verify_early": False},
 }

@@ -91,7 +91,7 @@ class PruneConfig:
     verify: bool | None = None
     verify_rounds: int = 3
     verify_steps: int | None = None
-    verify_margin: float = 0.03
+    verify_margin: float = 0.01
     verify_strict: bool = False
     verify_early: bool = True
 
@@ -120,7 +120,7 @@ class PruneConfig:
             raise bad("verify_strict", "true (tighten on any measured excess) or false (only on an "
                       "excess every timing run shows)")
         if not isinstance(self.verify_margin, (int, float)) or not 0 <= self.verify_margin < 0.5:
-            raise bad("verify_margin", "a fraction 0 <= margin < 0.5 (0.03 aims 3% under the budget)")
+            raise bad("verify_margin", "a fraction 0 <= margin < 0.5 (0.01 aims 1% under the budget)")
         for name in ("round_to", "min_width"):
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 1):

@@ -113,7 +113,7 @@ def test_ramp_check_tightens_where_the_ramp_reaches_the_budget_and_the_end_needs
     assert c["internal_budget"] == pytest.approx(budget) and c["predicted"] <= budget * (1 + 1e-6)
     assert c["measured_ms"] == pytest.approx(1.3 * c["predicted"])
     assert c["predicted"] == pytest.approx(cost.of_model(calls[0]))  # the preview was priced
-    assert c["tightened_to"] == pytest.approx(c["predicted"] * budget * 0.97 / c["measured_ms"])
+    assert c["tightened_to"] == pytest.approx(c["predicted"] * budget * (1 - FAST.verify_margin) / c["measured_ms"])
     assert res.internal_budget == pytest.approx(c["tightened_to"])
     assert res.predicted_cost <= c["tightened_to"] * (1 + 1e-6) and res.within_budget
     assert res.steps == FAST.steps and res.removal_max_abs_diff <= 1e-4
@@ -161,7 +161,7 @@ def test_ramp_check_does_not_act_on_noise():
 
 def test_closed_loop_tightens_when_the_cost_model_under_predicts():
     """A crafted measurement 60% above the prediction: the first result is over the budget,
-    so the internal budget drops by that excess (3% margin) and pruning continues until the
+    so the internal budget drops by that excess (less the margin) and pruning continues until the
     'measured' cost meets the budget; every round is recorded."""
     model, cost, budget = _macs_case(0.6)
     calls = []
@@ -174,7 +174,8 @@ def test_closed_loop_tightens_when_the_cost_model_under_predicts():
     v = res.verify
     assert len(v) >= 2 and len(calls) == len(v)
     assert v[0]["measured_ms"] > budget and v[0]["internal_budget"] == pytest.approx(budget)
-    assert v[1]["internal_budget"] == pytest.approx(v[0]["predicted"] * budget * 0.97 / v[0]["measured_ms"])
+    assert v[1]["internal_budget"] == pytest.approx(
+        v[0]["predicted"] * budget * (1 - LOOP.verify_margin) / v[0]["measured_ms"])
     assert all(b["predicted"] < a["predicted"] for a, b in zip(v, v[1:], strict=False))
     assert res.within_budget and 1.6 * res.predicted_cost <= budget
     assert res.budget == pytest.approx(budget) and res.internal_budget == pytest.approx(v[-1]["internal_budget"])
@@ -223,7 +224,7 @@ def test_closed_loop_strict_tightens_on_the_same_noisy_excess():
     res = _closed_loop(model, cost, budget, measure, LOOP.replace(verify_strict=True))
     assert len(res.verify) == 2 and res.steps > FAST.steps
     assert res.verify[1]["internal_budget"] == pytest.approx(
-        res.verify[0]["predicted"] * budget * 0.97 / (1.02 * budget))
+        res.verify[0]["predicted"] * budget * (1 - LOOP.verify_margin) / (1.02 * budget))
     assert res.within_budget and not res.notes
 
 
