@@ -102,6 +102,11 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: margin 0.03": {"verify_margin": 0.03},
     # the closed loop only at the end (before 2026-12-04 every run was this)
     "edgeprune: no ramp check": {"verify_early": False},
+    # a label-free distillation of the pruned model after removal (PruneConfig.distill_epochs):
+    # on top of the default's epochs, and splitting the same 8 epochs between pruning and
+    # distillation (the peers' budget of epochs)
+    "edgeprune: + distill 8": {"distill_epochs": 8},
+    "edgeprune: 4 + distill 4": {"epochs": 4, "distill_epochs": 4},
 }
 RATIO_STEP = 0.0125  # the peer's ratio grid (0.025 until 2026-12-05: on the 40-epoch ResNet-20
 # teacher its 16 distinct models left none at or under 0.5x, nearest 0.502x)
@@ -325,7 +330,8 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
         print(f"{cx.name} {label} {r}x: infeasible: {e}", flush=True)
         return _row(cx, label, r, seed, labels=False, finetune_epochs=0, infeasible=str(e)), None, None
     wall = time.perf_counter() - t0
-    row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=a.epochs,
+    row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=cfg.epochs,
+               distill_epochs=cfg.distill_epochs, distill=res.distill,
                switches=switches, wall_s=round(wall, 1), top1_val=cx.top1(res.model, "val"),
                top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
                pruner_budget=res.budget, pruner_internal_budget=res.internal_budget,

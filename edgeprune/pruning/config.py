@@ -45,6 +45,12 @@ class PruneConfig:
     on ResNet-20 at 0.5x it cut layer3 further and lost 4 points of val top-1
     (bench/results/pruning_ablations.json, "edgeprune: one student").
 
+    ``distill_epochs`` > 0 adds a last phase: after removal (and after the closed loop, so
+    the widths it measured are the ones returned), the pruned model learns from the frozen
+    teacher's logits alone (tau^2 KL at ``tau``; SGD with Nesterov momentum, a one-cycle
+    cosine schedule peaking at ``distill_lr``) for that many passes over the data, without
+    labels. The widths do not change, so neither does the measured latency.
+
     ``remove_blocks`` lets the pruner remove whole residual blocks (a block whose branch
     output is driven to zero is an identity): True always, False never, None (default) only
     while the budget (or a closed-loop round's internal budget) is below what channel pruning
@@ -84,6 +90,10 @@ class PruneConfig:
     importance: str = "group"
     # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
     bn_recalibration: int = 0
+    # after removal (and the closed loop), label-free distillation of the pruned model from the
+    # teacher's logits for this many passes over the data, peak learning rate distill_lr (0: off)
+    distill_epochs: int = 0
+    distill_lr: float = 0.05
     # whole residual blocks as removable units (None: only while the budget is below the
     # channel floor)
     remove_blocks: bool | None = None
@@ -125,13 +135,15 @@ class PruneConfig:
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v < 1):
                 raise bad(name, "None (the target's round_to) or an integer >= 1")
+        if not is_int(self.distill_epochs) or self.distill_epochs < 0:
+            raise bad("distill_epochs", "an integer >= 0 (passes over the data after removal; 0 = off)")
         if not is_int(self.bn_recalibration) or self.bn_recalibration < 0:
             raise bad("bn_recalibration", "an integer >= 0 (training batches; 0 = off)")
         if not is_int(self.heldout_batches) or self.heldout_batches < 1:
             raise bad("heldout_batches", "an integer >= 1")
         if not is_int(self.seed):
             raise bad("seed", "an integer")
-        for name in ("lr", "tau", "lambda_growth"):
+        for name in ("lr", "distill_lr", "tau", "lambda_growth"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise bad(name, "a finite number > 0")

@@ -7,8 +7,9 @@ soft-threshold (the ISTA proximal step) shrinks the gates of the channels in eac
 expected-sparse set E_t. E_t is re-chosen every ``update_interval`` steps: the keep-set that
 maximises latency-weighted Taylor sensitivity under the ramped budget B_t. At the end the
 best student (lowest KL to the teacher on held-out batches) has every channel of E_t
-exactly zero; those channels are physically removed, which is lossless. Nothing is
-fine-tuned afterwards and no label is read.
+exactly zero; those channels are physically removed, which is lossless. No label is read;
+by default nothing is trained afterwards (``PruneConfig.distill_epochs`` adds a label-free
+distillation of the pruned model from the teacher's logits, see :func:`distill`).
 
 Deviations from METHOD.md, and why:
 - Student views: identical copies of the teacher fed identical batches get identical
@@ -765,6 +766,11 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                                 "yield the same batches every time it is iterated")
 
     def finish(result: PruneResult) -> PruneResult:
+        if cfg.distill_epochs:
+            model, record = distill(result.model, pruner.teacher, data, cfg=cfg, heldout=heldout,
+                                    steps=cfg.distill_epochs * train_batches, world=world,
+                                    rank=rank, on_progress=on_progress)
+            result = dataclasses.replace(result, model=model, distill=record)
         if not cfg.bn_recalibration:
             return result
         taken = []
@@ -834,6 +840,81 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
                                           seconds=time.perf_counter() - pruner.started))
     finally:
         pruner.close()
+
+
+def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneConfig,
+            heldout: Sequence[torch.Tensor], steps: int, world: int = 1, rank: int = 0,
+            on_progress: Callable[[Progress], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of the pruned ``model`` trained ``steps`` steps on the frozen ``teacher``'s
+    logits alone (``kd_loss`` at ``cfg.tau``; no label is read), skipping the held-out
+    batches of every pass; SGD with Nesterov momentum (weight decay on weights, not on
+    BatchNorm or biases) under a one-cycle cosine schedule peaking at ``cfg.distill_lr``.
+    Returns it on the CPU in eval mode, frozen, with a record: epochs, lr, steps, seconds and
+    the mean KL to the teacher on the held-out batches before and after."""
+    started = time.perf_counter()
+    device = next(teacher.parameters()).device
+    student = copy.deepcopy(model).to(device)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    decay = [p for p in student.parameters() if p.ndim > 1]
+    rest = [p for p in student.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": rest, "weight_decay": 0.0}],
+                          lr=cfg.distill_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.distill_lr, total_steps=steps,
+                                                pct_start=0.15, anneal_strategy="cos",
+                                                div_factor=10.0, final_div_factor=100.0)
+
+    @torch.no_grad()
+    def heldout_kl() -> float:
+        student.eval()
+        return float(np.mean([float(kd_loss(student(h.to(device)), teacher(h.to(device)), 1.0))
+                              for h in heldout]))
+
+    before = heldout_kl()
+    student.train()
+    done = 0
+    while done < steps:
+        trained = 0
+        for bi, batch in enumerate(data):
+            if bi < cfg.heldout_batches:
+                continue
+            if done >= steps:
+                break
+            x = input_of(batch)
+            x = (x.tensor_split(world)[rank] if world > 1 else x).to(device)
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = kd_loss(student(x), t_logits, cfg.tau)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                for p in student.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
+            opt.step()
+            sched.step()
+            done += 1
+            trained += 1
+            if on_progress is not None:
+                on_progress(Progress("distill", done, steps, {"kd": float(loss.detach()),
+                                                              "lr": sched.get_last_lr()[0]}))
+        if not trained:
+            raise DataError("pruning data yielded no training batches on a later pass; it must "
+                            "yield the same batches every time it is iterated")
+    if world > 1:  # BatchNorm running statistics were computed per rank: average them
+        for b in student.buffers():
+            if b.is_floating_point():
+                torch.distributed.all_reduce(b)
+                b /= world
+    after = heldout_kl()
+    student = student.cpu().eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student, {"epochs": cfg.distill_epochs, "lr": cfg.distill_lr, "steps": steps,
+                     "heldout_kl_before": before, "heldout_kl_after": after,
+                     "seconds": time.perf_counter() - started}
 
 
 @torch.no_grad()

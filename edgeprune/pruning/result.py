@@ -56,6 +56,10 @@ class PruneResult:
     # each is an nn.Identity in the pruned model
     removable_blocks: tuple[str, ...] = field(default=())
     removed_blocks: tuple[str, ...] = field(default=())
+    # the label-free distillation after removal (PruneConfig.distill_epochs): epochs, lr,
+    # steps, seconds, heldout_kl_before / heldout_kl_after (mean KL to the teacher on the
+    # held-out batches); None when off
+    distill: dict[str, Any] | None = None
 
     @property
     def measured_ms(self) -> float | None:
@@ -93,7 +97,7 @@ class PruneResult:
             "max_hard_zeroed_norm": self.max_hard_zeroed_norm,
             "left_sparse_set": self.left_sparse_set, "regrown": self.regrown,
             "removable_blocks": list(self.removable_blocks),
-            "removed_blocks": list(self.removed_blocks),
+            "removed_blocks": list(self.removed_blocks), "distill": self.distill,
             "steps": self.steps, "seconds": self.seconds,
             "config": self.config.to_dict(), "notes": list(self.notes),
             "history": list(self.history),
@@ -112,6 +116,7 @@ class PruneResult:
             f"{self.left_sparse_set} channel(s) left the sparse set ({self.regrown} restored from zero)",
             *self._verify_lines(),
             *self._block_lines(),
+            *self._distill_lines(),
             *self.notes,
             "",
             f"{'group (root layer)':32} {'before':>6} {'after':>6}",
@@ -125,6 +130,14 @@ class PruneResult:
             return []
         return [f"residual blocks removed: {len(self.removed_blocks)} of {len(self.removable_blocks)}"
                 + (f" ({', '.join(self.removed_blocks)})" if self.removed_blocks else "")]
+
+    def _distill_lines(self) -> list[str]:
+        d = self.distill
+        if not d:
+            return []
+        return [f"distilled from the teacher after removal (no labels): {d['epochs']} epoch(s), "
+                f"{d['steps']} steps at peak lr {d['lr']:g} in {d['seconds']:.0f} s; held-out KL to "
+                f"the teacher {d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}"]
 
     def _ramp_line(self) -> list[str]:
         c = self.ramp_check
@@ -163,12 +176,15 @@ class PruneResult:
                   f"held-out batches: {', '.join(f'{k:.4f}' for k in self.student_kl)}); removal max "
                   f"|dlogit| {self.removal_max_abs_diff:.2e}; largest gate norm hard-zeroed at the end "
                   f"{self.max_hard_zeroed_norm:.2e}; {self.steps} steps in {self.seconds:.0f} s. "
-                  "No labels were read and nothing was fine-tuned after removal.", "",
+                  "No labels were read and nothing was fine-tuned after removal." if not self.distill
+                  else "No labels were read.", "",
                   "| group (root layer) | width before | width after |", "|---|---:|---:|"]
         lines += [f"| {g} | {w} | {self.group_widths_after[g]} |"
                   for g, w in self.group_widths_before.items()]
         if self.removable_blocks:
             lines += ["", *self._block_lines()]
+        if self.distill:
+            lines += ["", *self._distill_lines()]
         if self.verify:
             lines += ["", "Measured on the target (closed loop: while over the budget in every timing "
                       "run, the internal budget is lowered by the measured excess and pruning "

@@ -420,6 +420,35 @@ def test_bad_inputs_are_refused_with_clear_errors():
         edgeprune.prune(model, batches, target="macs", budget_ratio=0.5, profile="x.json")
 
 
+def test_distillation_after_removal_trains_the_pruned_widths_on_the_teacher_alone():
+    """distill_epochs: the same run, then the pruned model (same widths, so the same cost)
+    learns from the teacher's logits: its held-out KL to the teacher falls, labels in the
+    batches are not read (garbage labels change nothing), and the result records it."""
+    cost = _MacsLike(small_cnn())
+    kw = dict(cost=cost, budget=0.5 * cost(), target="t", round_to=1)
+    cfg = FAST.replace(distill_epochs=2, distill_lr=0.02)
+    off = run(small_cnn(), random_batches(), config=FAST, **kw)
+    seen = []
+    on = run(small_cnn(), random_batches(), config=cfg, on_progress=seen.append, **kw)
+    garbage = [(x, torch.full((len(x),), -7)) for x in random_batches()]  # cross-entropy would fail
+    labelled = run(small_cnn(), garbage, config=cfg, **kw)
+    assert on.group_widths_after == off.group_widths_after and on.predicted_cost == off.predicted_cost
+    assert not all(torch.equal(a, b) for a, b in zip(on.model.parameters(), off.model.parameters(),
+                                                     strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(on.model.parameters(), labelled.model.parameters(),
+                                                 strict=True))
+    d = on.distill
+    assert d["epochs"] == 2 and d["steps"] == 2 * 8 and d["lr"] == 0.02  # 10 batches, 2 held out
+    assert d["heldout_kl_after"] < d["heldout_kl_before"]
+    assert d["heldout_kl_before"] == pytest.approx(off.student_kl[off.student], rel=1e-4)  # removal is lossless
+    distill_steps = [p for p in seen if p.stage == "distill"]
+    assert [p.step for p in distill_steps] == list(range(1, 17)) and "kd" in distill_steps[-1].metrics
+    assert not on.model.training and not any(p.requires_grad for p in on.model.parameters())
+    assert on.to_dict()["distill"] == d and off.to_dict()["distill"] is None
+    assert "distilled from the teacher after removal" in str(on) and "No labels were read." in on.to_markdown()
+    assert "nothing was fine-tuned" in off.to_markdown() and "distilled" not in str(off)
+
+
 def test_labels_in_batches_are_ignored():
     batches = random_batches()
     with_labels = [(x, torch.zeros(len(x), dtype=torch.long)) for x in batches]
@@ -438,6 +467,8 @@ def test_labels_in_batches_are_ignored():
     ({"feature_points": "layer1"}, "feature_points='layer1'"),
     ({"latency_weighting": "yes"}, "latency_weighting='yes'"),
     ({"verify_strict": 1}, "verify_strict=1"),
+    ({"distill_epochs": -1}, "distill_epochs=-1"),
+    ({"distill_lr": 0.0}, "distill_lr=0.0"),
 ])
 def test_config_validation(change, msg):
     with pytest.raises(ConfigError, match=msg):
