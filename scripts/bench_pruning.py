@@ -311,11 +311,18 @@ def _commit() -> str:
 
 # ---- edgeprune ----------------------------------------------------------------------------
 
-def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
-    a = cx.a
-    cfg = PruneConfig().replace(epochs=a.epochs, seed=seed, **switches)
+def prune_config(a, seed: int, switches: dict) -> PruneConfig:
+    """edgeprune's config for a row: the default at ``--epochs`` and ``seed``, then the
+    ablation's switches (which may set their own epochs)."""
+    cfg = PruneConfig().replace(**{"epochs": a.epochs, "seed": seed, **switches})
     if a.quick:
         cfg = cfg.replace(update_interval=5)  # ~30 steps: re-choose the sparse set often enough
+    return cfg
+
+
+def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
+    a = cx.a
+    cfg = prune_config(a, seed, switches)
     batches = data.Batches(cx.train_unlabeled, a.batch_size, mean=cx.spec.input.mean,
                            std=cx.spec.input.std, augment=True, fixed_batches=cfg.heldout_batches,
                            seed=seed)

@@ -189,6 +189,8 @@ def test_every_ablation_is_a_valid_config_that_changes_the_default(label):
     cfg = PruneConfig().replace(**switches)
     assert label.startswith("edgeprune: ")
     assert (cfg != PruneConfig()) == (not label.endswith("MACs cost"))
+    row = bench.prune_config(SimpleNamespace(epochs=8, quick=False), 3, switches)
+    assert row.seed == 3 and row.epochs == switches.get("epochs", 8)  # a switch's epochs win
 
 
 @pytest.mark.parametrize("step, n", [(0.025, 37), (0.0125, 73), (0.1, 10), (0.4, 4)])

@@ -221,7 +221,8 @@ def cmd_prune(a: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read prune config {a.config!r}: {e}") from e
     overrides = {k: getattr(a, k) for k in ("epochs", "steps", "students", "seed", "device",
-                                            "round_to", "min_width", "verify", "remove_blocks")
+                                            "round_to", "min_width", "verify", "remove_blocks",
+                                            "distill_epochs")
                  if getattr(a, k) is not None}
     cfg = cfg.replace(**overrides)
     out = _out_dir(a.out)  # a bad --out or target fails before any data is read
@@ -522,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--remove-blocks", action=argparse.BooleanOptionalAction, default=None,
                     help="let the pruner remove whole residual blocks (default: only when the budget "
                          "is below what channel pruning alone reaches)")
+    pn.add_argument("--distill-epochs", type=_positive_int, default=None,
+                    help="after removal, distil the pruned model from the teacher's logits (no labels) "
+                         "for N passes over the data; widths and latency unchanged (default: off)")
     pn.add_argument("--config", default=None, help="PruneConfig as JSON (flags above override it)")
     pn.add_argument("--out", required=True, help="output directory")
     pn.set_defaults(func=cmd_prune)

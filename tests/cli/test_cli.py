@@ -186,9 +186,11 @@ def test_prune_writes_a_loadable_checkpoint_and_reports(capsys, tmp_path, small_
     out = tmp_path / "pruned"
     code, stdout, err = run(capsys, "prune", small_ckpt, "--data", str(tmp_path / "x.npy"), "--target", "macs",
                             "--budget", "0.5x", "--steps", "30", "--batch-size", "16", "--config", str(cfg),
-                            "--out", str(out))
+                            "--distill-epochs", "1", "--out", str(out))
     assert code == 0, err
     report = json.loads((out / "prune_report.json").read_text())
+    assert report["config"]["distill_epochs"] == 1 and report["distill"]["steps"] == 8  # 10 batches, 2 held out
+    assert "distilled from the teacher after removal" in stdout
     assert report["predicted"] <= report["budget"] == pytest.approx(0.5 * report["baseline_predicted"])
     assert report["removal_max_abs_diff"] <= 1e-4 and report["config"]["update_interval"] == 4
     pruned = edgeprune.load(out / "model.safetensors")
