@@ -503,12 +503,9 @@ class Pruner:
         for st in students:
             st.opt.zero_grad(set_to_none=True)
         total.backward()
-        if self.world > 1:
-            for st in students:
-                for p in st.model.parameters():
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= self.world
+        for st in students:
+            _average_across_ranks((p.grad for p in st.model.parameters() if p.grad is not None),
+                                  self.world)
         for st in students:
             st.update_sensitivity(cfg.ema)
             for pg in st.opt.param_groups:
@@ -644,12 +641,8 @@ class Pruner:
         cfg, students, teacher = self.cfg, self.students, self.teacher
         device, step = self.device, self.step_count
         self._check(step)
-        if self.world > 1:  # BatchNorm running statistics were computed per rank: average them
-            for st in students:
-                for b in st.model.buffers():
-                    if b.is_floating_point():
-                        torch.distributed.all_reduce(b)
-                        b /= self.world
+        for st in students:  # BatchNorm running statistics were computed per rank: average them
+            _average_across_ranks((b for b in st.model.buffers() if b.is_floating_point()), self.world)
         hard = []
         for st in students:
             hard.append(st.max_sparse_norm())
@@ -888,11 +881,7 @@ def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneC
             loss = kd_loss(student(x), t_logits, cfg.tau)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
-                for p in student.parameters():
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= world
+            _average_across_ranks((p.grad for p in student.parameters() if p.grad is not None), world)
             opt.step()
             sched.step()
             done += 1
@@ -903,11 +892,8 @@ def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneC
         if not trained:
             raise DataError("pruning data yielded no training batches on a later pass; it must "
                             "yield the same batches every time it is iterated")
-    if world > 1:  # BatchNorm running statistics were computed per rank: average them
-        for b in student.buffers():
-            if b.is_floating_point():
-                torch.distributed.all_reduce(b)
-                b /= world
+    # BatchNorm running statistics were computed per rank: average them
+    _average_across_ranks((b for b in student.buffers() if b.is_floating_point()), world)
     after = heldout_kl()
     student = student.cpu().eval()
     for p in student.parameters():
@@ -939,6 +925,16 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> 
         for m, mom in zip(bns, momenta, strict=True):
             m.momentum = mom
         model.eval()
+
+
+def _average_across_ranks(tensors: Iterable[torch.Tensor], world: int) -> None:
+    """Replace each tensor (gradients, BatchNorm statistics) by its mean over the
+    ``world`` ranks of torch.distributed, in place; nothing when there is one rank."""
+    if world <= 1:
+        return
+    for t in tensors:
+        torch.distributed.all_reduce(t)
+        t /= world
 
 
 def _acts_on(runs_over: int, runs: int, cfg: PruneConfig) -> bool:
