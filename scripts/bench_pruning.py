@@ -560,7 +560,9 @@ def _print(cx: _Ctx, rows: list[dict], base_ms: float) -> None:
         if "infeasible" in r:
             print(f"{r['method']:34} infeasible at {r['budget_ratio']}x: {r['infeasible']}")
             continue
-        print(f"{r['method']:34} {str(r['labels']):>6} {r['finetune_epochs']:3d} {r['seed']:4d} "
+        # distillation after removal is fine-tuning without labels: it counts in the ft column
+        ft = r['finetune_epochs'] + (r.get('distill_epochs') or 0)
+        print(f"{r['method']:34} {str(r['labels']):>6} {ft:3d} {r['seed']:4d} "
               f"{r['budget_ratio']:6.2f} {r['measured_ms']:8.3f} {r['measured_ratio']:6.3f} "
               f"{r['predicted_ms']:8.3f} {r['macs'] / 1e6:7.2f} {r['params']:8,} "
               f"{100 * r['top1']:6.2f}% {_pct(r.get('top1_holdout'))} "

@@ -249,6 +249,19 @@ def test_timed_rows_carry_latency_test_and_holdout_top1_and_sizes(cx, tmp_path, 
     assert out["params"] == sum(p.numel() for p in cx.teacher.parameters()) and out["macs"] > 0
 
 
+def test_the_printed_ft_column_counts_distillation_after_removal_as_fine_tuning(capsys):
+    cx = SimpleNamespace(name="resnet20", teacher=None, top1=lambda model, split: 0.9)
+    row = {"method": "edgeprune: + distill 8", "labels": False, "finetune_epochs": 0,
+           "distill_epochs": 8, "seed": 0, "budget_ratio": 0.5, "measured_ms": 0.5,
+           "measured_ratio": 0.5, "predicted_ms": 0.5, "macs": 1e6, "params": 100,
+           "top1": 0.9, "wall_s": 1.0}
+    plain = {**row, "method": "edgeprune", "distill_epochs": 0}
+    bench._print(cx, [row, plain], 1.0)
+    lines = {ln.split("  ")[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    ft = lambda line: int(line[34:].split()[1])  # noqa: E731  (after the method and labels)
+    assert ft(lines["edgeprune: + distill 8"]) == 8 and ft(lines["edgeprune"]) == 0
+
+
 @pytest.mark.parametrize("bad, says", [
     ("resnet20", "--teacher 'resnet20' is invalid"),
     ("lenet=resnet20-digits", "--teacher 'lenet=resnet20-digits' is invalid"),
