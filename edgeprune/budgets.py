@@ -131,10 +131,22 @@ class BudgetResult:
         """Headroom as a share of the budget (negative: over it)."""
         return None if self.ms is None else 1 - self.ms / self.budget.max_ms
 
+    @property
+    def close(self) -> bool:
+        """A pass by less than its own passes' spread: a re-run at a slower moment of the
+        same machine may fail it (the exit code is still 0; the report says so)."""
+        return (self.status == "pass" and self.pass_spread is not None and self.margin is not None
+                and self.margin < self.pass_spread)
+
+    @property
+    def shown_status(self) -> str:
+        return self.status + (" (close)" if self.close else "")
+
     def to_dict(self) -> dict[str, Any]:
         b = self.budget
         return {"name": b.label, "artifact": str(b.artifact), "target": b.target.name, "mode": b.mode,
                 "max_ms": b.max_ms, "ms": self.ms, "margin": self.margin, "status": self.status,
+                "close": self.close,
                 "pass_spread": self.pass_spread, "error": self.error, "device": self.device,
                 "profile": str(b.profile) if b.profile else None}
 
@@ -159,10 +171,13 @@ class BudgetReport:
             margin = f"{100 * r.margin:+.1f}%" if r.margin is not None else "-"
             spread = f"{100 * r.pass_spread:.1f}%" if r.pass_spread is not None else "-"
             lines.append(f"{_short(str(b.artifact), 28):28} {b.target.name:24} {b.mode:8} {ms:>9} "
-                         f"{b.max_ms:8.3f} {margin:>8} {spread:>7}  {r.status}"
+                         f"{b.max_ms:8.3f} {margin:>8} {spread:>7}  {r.shown_status}"
                          + (f" ({r.error})" if r.error else ""))
         counts = {s: sum(r.status == s for r in self.results) for s in ("pass", "fail", "error")}
         lines.append(f"{counts['pass']} within budget, {counts['fail']} over, {counts['error']} not measured")
+        if n_close := sum(r.close for r in self.results):
+            lines.append(f"{n_close} within budget by less than the spread of their own passes: a re-run "
+                         "may fail them; leave more headroom or measure on a quieter machine")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,7 +214,7 @@ class BudgetReport:
             ms = f"{r.ms:.3f}" if r.ms is not None else "-"
             margin = f"{100 * r.margin:+.1f}%" if r.margin is not None else "-"
             spread = f"{100 * r.pass_spread:.1f}%" if r.pass_spread is not None else "-"
-            status = icon[r.status] + (f": {r.error}" if r.error else "")
+            status = icon[r.status] + (" (close)" if r.close else "") + (f": {r.error}" if r.error else "")
             lines.append(f"| `{b.artifact}` | {b.target.name} | {b.mode} | {ms} | {b.max_ms:g} | {margin} | "
                          f"{spread} | {status} |")
         return "\n".join(lines) + "\n"

@@ -123,3 +123,20 @@ def test_budgets_file_errors_are_one_line_and_exit_2(capsys, tmp_path, tflite, b
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
     assert out == ""
+
+
+def test_a_pass_by_less_than_its_own_pass_spread_is_marked_close_and_still_exits_0(tflite):
+    from edgeprune.budgets import Budget, BudgetReport, BudgetResult
+    from edgeprune.targets import load_target
+
+    b = Budget(tflite, load_target("host-litert"), 1.0)
+    close = BudgetResult(b, "pass", 0.99, pass_spread=0.03)  # 1% under, passes 3% apart
+    clear = BudgetResult(b, "pass", 0.90, pass_spread=0.03)
+    predicted = BudgetResult(b, "pass", 0.999)  # predict mode: no passes, nothing to compare
+    report = BudgetReport((close, clear, predicted))
+    assert [r.close for r in report.results] == [True, False, False] and report.exit_code == 0
+    text = str(report)
+    assert text.count("pass (close)") == 1 and "1 within budget by less than the spread" in text
+    assert report.to_markdown().count("pass (close)") == 1
+    assert [r["close"] for r in report.to_dict()["results"]] == [True, False, False]
+    assert "(close)" not in str(BudgetReport((clear,)))
