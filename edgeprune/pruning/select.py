@@ -13,7 +13,11 @@ block.
 Greedy removal can overshoot: its last step may save far more than was still needed (a whole
 block, or a large block of a wide layer). A refill pass then gives back, one step at a time,
 the removed channels (or blocks) that bring the most sensitivity per millisecond, while the
-budget still holds.
+budget still holds. Where residual blocks were removed, an exchange pass then tries giving
+each one back and letting greedy removal elsewhere make up its time: a block costs a whole
+stage's share of the latency, so greedy removal can take three large blocks where two large
+ones and a small one would do, and no single refill step fits in what is left. An exchange is
+kept when it removes less sensitivity and the budget still holds.
 """
 
 from __future__ import annotations
@@ -82,10 +86,50 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
             return 0
         return max(floor[g], round_to * ((n - 1) // round_to))
 
-    current = latency_ms(widths)
+    def removed_value(w: Mapping[str, int]) -> float:
+        return sum(float(np.sum(np.asarray(sensitivity[g], dtype=np.float64)[order[g][:total[g] - w[g]]]))
+                   for g in w)
+
+    def fit(w: dict[str, int], frozen: Collection[str] = ()) -> float:
+        """Greedy removal until the budget holds (``frozen`` groups untouched), then the refill."""
+        cost = _remove(w, total, order, sensitivity, latency_ms, budget_ms, latency_ms(w),
+                       next_width, blocks=blocks, frozen=frozen, latency_weighting=latency_weighting)
+        if cost <= budget_ms:
+            cost = _refill(w, total, order, sensitivity, latency_ms, budget_ms, cost,
+                           round_to=round_to, blocks=blocks, latency_weighting=latency_weighting)
+        return cost
+
+    current = fit(widths)
+    if current <= budget_ms:
+        # Greedy removal of whole blocks can overshoot by more than any refill step can give
+        # back (two large blocks and one small one would do; greedy took three large ones).
+        # Exchange: give one removed block back, let the others make up its time; keep the
+        # result when it removes less sensitivity and still meets the budget.
+        improved = True
+        while improved:
+            improved = False
+            for b in sorted(g for g in blocks if widths[g] == 0):
+                trial = {**widths, b: 1}
+                cost = fit(trial, frozen=(b,))
+                if cost <= budget_ms and removed_value(trial) < removed_value(widths) - 1e-12:
+                    widths.update(trial)
+                    current, improved = cost, True
+                    break
+    keep = {g: np.sort(order[g][len(sensitivity[g]) - widths[g]:]) for g in sensitivity}
+    return Selection(keep, widths, current, current <= budget_ms)
+
+
+def _remove(widths: dict[str, int], total: Mapping[str, int], order: Mapping[str, np.ndarray],
+            sensitivity: Mapping[str, np.ndarray], latency_ms: Callable[[Mapping[str, int]], float],
+            budget_ms: float, current: float, next_width: Callable[[str, int], int], *,
+            blocks: Collection[str], frozen: Collection[str], latency_weighting: bool) -> float:
+    """Greedy removal (``widths`` shrinks in place) until ``current <= budget_ms`` or nothing
+    is left that saves time; ``frozen`` groups are not touched. Returns the new cost."""
     while current > budget_ms:
         best, best_key, best_ms, best_m = None, None, None, None
         for g in sorted(widths):
+            if g in frozen:
+                continue
             n = m = widths[g]
             # the next least sensitive block; with latency weighting, while the blocks taken so
             # far save nothing (a flat stretch of the latency table), look one block further
@@ -112,11 +156,7 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
             break  # nothing left to remove, or nothing that saves time
         widths[best] = best_m
         current = best_ms
-    if current <= budget_ms:
-        current = _refill(widths, total, order, sensitivity, latency_ms, budget_ms, current,
-                          round_to=round_to, blocks=blocks, latency_weighting=latency_weighting)
-    keep = {g: np.sort(order[g][len(sensitivity[g]) - widths[g]:]) for g in sensitivity}
-    return Selection(keep, widths, current, current <= budget_ms)
+    return current
 
 
 def _refill(widths: dict[str, int], total: Mapping[str, int], order: Mapping[str, np.ndarray],

@@ -99,3 +99,24 @@ def test_the_refill_gives_back_what_an_overshooting_last_step_did_not_need():
     lat = lambda w: 5.0 * w["a"] + 3.0 * w["blk"]  # noqa: E731
     sel = select_channels(blocks, lat, 33.0, round_to=4, min_width=4, blocks=["blk"])
     assert sel.widths == {"a": 4, "blk": 1} and sel.predicted_cost == pytest.approx(23.0)
+
+
+def test_an_exchange_gives_back_a_large_block_that_a_small_one_can_replace():
+    """0.40 ms: 0.10 fixed, three large blocks of 0.09 and a small one of 0.03; budget 0.20.
+    Per ms the large blocks are cheaper (1/0.09 = 11 against 0.5/0.03 = 17), so greedy takes
+    all three (0.13 ms, 3.0 removed) and no block fits back (0.22). Two large ones and the
+    small one meet the budget too (0.19 ms) and remove less (2.5): the exchange finds that."""
+    big, small = ("b1", "b2", "b3"), "s"
+    sens = {**{b: np.array([1.0]) for b in big}, small: np.array([0.5])}
+
+    def lat(w):
+        return 0.10 + 0.09 * sum(w[b] for b in big) + 0.03 * w[small]
+
+    sel = select_channels(sens, lat, 0.20, round_to=1, min_width=1, blocks=[*big, small])
+    assert sel.met_budget and sel.predicted_cost == pytest.approx(0.19)
+    assert sel.widths[small] == 0 and sum(sel.widths[b] for b in big) == 1
+    # with a small block that matters more than a large one, greedy's choice stands
+    sens[small] = np.array([1.5])
+    sel = select_channels(sens, lat, 0.20, round_to=1, min_width=1, blocks=[*big, small])
+    assert sel.widths == {"b1": 0, "b2": 0, "b3": 0, "s": 1}
+    assert sel.predicted_cost == pytest.approx(0.13)
