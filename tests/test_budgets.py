@@ -140,3 +140,7 @@ def test_a_pass_by_less_than_its_own_pass_spread_is_marked_close_and_still_exits
     assert report.to_markdown().count("pass (close)") == 1
     assert [r["close"] for r in report.to_dict()["results"]] == [True, False, False]
     assert "(close)" not in str(BudgetReport((clear,)))
+    cases = ET.fromstring(report.to_junit()).findall("testcase")
+    assert [c.find("properties/property[@name='close']") is not None for c in cases] == [True, False, False]
+    assert [c.find("system-out") is not None for c in cases] == [True, False, False]
+    assert all(c.find("failure") is None for c in cases)  # a close pass is still a pass
