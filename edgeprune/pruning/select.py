@@ -14,9 +14,9 @@ Greedy removal can overshoot: its last step may save far more than was still nee
 block, or a large block of a wide layer). A refill pass then gives back, one step at a time,
 the removed channels (or blocks) that bring the most sensitivity per millisecond, while the
 budget still holds. Where residual blocks were removed, an exchange pass then tries giving
-each one back and letting greedy removal elsewhere make up its time: a block costs a whole
-stage's share of the latency, so greedy removal can take three large blocks where two large
-ones and a small one would do, and no single refill step fits in what is left. An exchange is
+each one back and letting greedy removal elsewhere make up its time: a block can cost a large
+share of the latency, so greedy removal can take three large blocks where two large ones and
+a small one would do, and no single refill step fits in what is left. An exchange is
 kept when it removes less sensitivity and the budget still holds.
 """
 
