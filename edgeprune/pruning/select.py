@@ -107,11 +107,11 @@ def select_channels(sensitivity: Mapping[str, np.ndarray],
         # result when it removes less sensitivity and still meets the budget.
         improved = True
         while improved:
-            improved = False
+            improved, now = False, removed_value(widths)
             for b in sorted(g for g in blocks if widths[g] == 0):
                 trial = {**widths, b: 1}
                 cost = fit(trial, frozen=(b,))
-                if cost <= budget_ms and removed_value(trial) < removed_value(widths) - 1e-12:
+                if cost <= budget_ms and removed_value(trial) < now - 1e-12:
                     widths.update(trial)
                     current, improved = cost, True
                     break
