@@ -112,6 +112,7 @@ RATIO_STEP = 0.0125  # the peer's ratio grid (0.025 until 2026-12-05: on the 40-
 # teacher its 16 distinct models left none at or under 0.5x, nearest 0.502x)
 MATCH = 1.03  # by default a peer's measured ratio may exceed the budget by at most 3% (--match)
 MEASURE_AT_ONCE = 4  # candidates timed per side-by-side measurement
+MEASURE_WITHIN = 1.15  # a peer candidate is measured if predicted at most this x the budget
 HOLDOUT_SEED = 100  # shapes' splits are seeds 0 (train), 1 (test), 2 (val): a stream apart from all
 
 
@@ -394,7 +395,7 @@ def _tp_search(cx: _Ctx, criterion: str, r: float):
             cands.append({"model": m, "ratio": ratio, "global": global_,
                           "params": sum(p.numel() for p in m.parameters()),
                           "predicted_ratio": cx.profile.predict_ms(m) / cx.base_pred})
-    near = sorted((c for c in cands if c["predicted_ratio"] <= r * 1.15),
+    near = sorted((c for c in cands if c["predicted_ratio"] <= r * MEASURE_WITHIN),
                   key=lambda c: -c["predicted_ratio"])
     measured = []
     for i in range(0, len(near), MEASURE_AT_ONCE):
@@ -434,8 +435,10 @@ def ratio_grid(step: float) -> tuple[float, ...]:
 
 def _search_record(cands, measured, best, a) -> dict:
     keep = ("ratio", "global", "params", "predicted_ratio", "measured_ratio", "round_ratios")
+    lowest = min(cands, key=lambda c: c["predicted_ratio"], default=None)
     return {"candidates": len(cands), "match": a.match, "ratio_step": a.ratio_step, "measured": [{k: c.get(k) for k in keep} for c in measured],
-            "chosen": {k: best.get(k) for k in keep} if best else None}
+            "chosen": {k: best.get(k) for k in keep} if best else None,
+            "lowest_predicted": {k: lowest.get(k) for k in keep} if lowest else None}
 
 
 def _tp(cx: _Ctx, r: float, seed: int, criterion: str):
@@ -445,9 +448,14 @@ def _tp(cx: _Ctx, r: float, seed: int, criterion: str):
     if best is None:
         why = (f"no Torch-Pruning ({criterion}) candidate of {search['candidates']} measured within "
                f"{cx.a.match:.2f} x {r} of the baseline")
-        if search["measured"]:  # the nearest it has, so the reader sees how far off the peer is
+        # the nearest it has, so the reader sees how far off the peer is
+        if search["measured"]:
             near = min(search["measured"], key=lambda c: c["measured_ratio"])
             why += f" (nearest: {near['measured_ratio']:.3f}x, {near['params']:,} params)"
+        elif search["lowest_predicted"]:
+            low = search["lowest_predicted"]
+            why += (f" (none was predicted within {MEASURE_WITHIN} x {r}, so none was measured; "
+                    f"lowest predicted: {low['predicted_ratio']:.3f}x, {low['params']:,} params)")
         print(f"{cx.name} {method} {r}x: infeasible: {why}", flush=True)
         return _row(cx, method, r, seed, labels=True, finetune_epochs=cx.a.epochs, infeasible=why,
                     search=search), None, None

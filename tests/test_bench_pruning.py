@@ -111,9 +111,11 @@ def test_the_peer_search_measures_each_model_once_and_acts_on_the_median_of_roun
 @pytest.mark.parametrize("measured", [[], [0.532, 0.5022, 0.517]])
 def test_an_infeasible_peer_row_says_why_and_how_near_it_came(monkeypatch, measured):
     """No candidate within the budget: the row says `infeasible` with the count searched and,
-    when any was timed, the nearest measured ratio, and nothing is fine-tuned."""
+    when any was timed, the nearest measured ratio, else the lowest predicted one (none was
+    near enough to be timed), and nothing is fine-tuned."""
     record = {"candidates": 21, "match": 1.0, "ratio_step": 0.0125, "chosen": None,
-              "measured": [{"measured_ratio": m, "params": 1000 + i} for i, m in enumerate(measured)]}
+              "measured": [{"measured_ratio": m, "params": 1000 + i} for i, m in enumerate(measured)],
+              "lowest_predicted": {"predicted_ratio": 0.5914, "params": 76_128}}
     monkeypatch.setattr(bench, "_tp_search", lambda cx_, criterion, r: (None, record))
     monkeypatch.setattr(bench, "_finetune", lambda *a, **k: pytest.fail("fine-tuned an infeasible row"))
     fake = SimpleNamespace(name="resnet20", ran_on="here", a=SimpleNamespace(match=1.0, epochs=8, command="c", commit="x"))
@@ -121,6 +123,16 @@ def test_an_infeasible_peer_row_says_why_and_how_near_it_came(monkeypatch, measu
     assert model is None and art is None and row["search"] is record and row["labels"] is True
     assert row["infeasible"].startswith("no Torch-Pruning (taylor) candidate of 21 measured within 1.00 x 0.5")
     assert ("nearest: 0.502x, 1,001 params" in row["infeasible"]) == bool(measured)
+    assert ("none was measured; lowest predicted: 0.591x, 76,128 params" in row["infeasible"]) == (not measured)
+
+
+def test_the_search_record_keeps_the_lowest_predicted_candidate():
+    cands = [{"ratio": r, "global": True, "params": p, "predicted_ratio": q}
+             for r, p, q in [(0.3, 200, 0.71), (0.6, 90, 0.59), (0.5, 120, 0.64)]]
+    rec = bench._search_record(cands, [], None, SimpleNamespace(match=1.03, ratio_step=0.0125))
+    assert rec["lowest_predicted"]["params"] == 90 and rec["lowest_predicted"]["predicted_ratio"] == 0.59
+    assert rec["chosen"] is None and rec["measured"] == []
+    assert bench._search_record([], [], None, SimpleNamespace(match=1.03, ratio_step=0.0125))["lowest_predicted"] is None
 
 
 def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_distils_without_labels(cx, monkeypatch):
