@@ -87,7 +87,10 @@ ABLATIONS = {  # edgeprune's switches, at 0.5x on the ResNets
     "edgeprune: MACs cost": {},  # pruned on the macs target instead of the latency table
     "edgeprune: + BN recalibration": {"bn_recalibration": 50},  # an option, kept if val says so
     "edgeprune: + block removal": {"remove_blocks": True},  # the default uses it only below the floor
-    "edgeprune: global importance": {"importance": "global"},  # one normaliser instead of one per group
+    # one normaliser per channel group: the default up to commit c492a42 (2026-12-05), so rows
+    # named "edgeprune" made at or before it are this; rows named "edgeprune: global
+    # importance" in older results are today's default (each row's "config" says from now on)
+    "edgeprune: group importance": {"importance": "group"},
     # schedule candidates (issue 16 item 7), judged on val: the distilled peers train their
     # final widths for all epochs at the learning rate val chose (0.05); edgeprune's widths are
     # final only after ramp_end (0.6) of a cosine from 0.01
@@ -340,7 +343,7 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
     wall = time.perf_counter() - t0
     row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=cfg.epochs,
                distill_epochs=cfg.distill_epochs, distill=res.distill,
-               switches=switches, wall_s=round(wall, 1), top1_val=cx.top1(res.model, "val"),
+               switches=switches, config=cfg.to_dict(), wall_s=round(wall, 1), top1_val=cx.top1(res.model, "val"),
                top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
                pruner_budget=res.budget, pruner_internal_budget=res.internal_budget,
                pruner_cost_unit=res.cost_unit, verify=list(res.verify),

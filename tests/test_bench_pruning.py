@@ -298,3 +298,31 @@ def test_rows_of_another_teacher_are_not_merged_into_a_file(tmp_path, capsys):
     assert e.value.code == 2
     assert "holds resnet20 rows of teacher resnet20-shapes" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("switches, importance", [({}, "global"), ({"importance": "group"}, "group")])
+def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switches, importance):
+    """Defaults change (importance was "group" up to c492a42): a row says what it ran with,
+    the config the pruner was given, not only the ablation's switches."""
+    seen = {}
+
+    def prune(teacher, batches, *, target, profile, budget_ratio, config):
+        seen["config"] = config
+        return SimpleNamespace(model=teacher, distill=None, budget=1.0, internal_budget=1.0,
+                               cost_unit="ms", verify=[], ramp_check=None, history=[],
+                               to_dict=lambda: {"widths_before": {}, "widths_after": {}},
+                               group_widths_after={}, student=0, removed_blocks=[])
+
+    monkeypatch.setattr(bench.edgeprune, "prune", prune)
+    monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
+    inp = SimpleNamespace(mean=(0.5,), std=(0.5,))
+    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, quick=False, batch_size=4,
+                                                         command="c", commit="x"),
+                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
+                           spec=SimpleNamespace(input=inp), train_unlabeled=None,
+                           t=SimpleNamespace(name="host-litert"),
+                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    row, _, _ = bench._edgeprune(fake, 0.5, 1, switches, "edgeprune")
+    assert row["config"] == seen["config"].to_dict()
+    assert row["config"]["importance"] == importance and row["config"]["seed"] == 1
+    assert row["switches"] == switches

@@ -85,9 +85,10 @@ class PruneConfig:
     mutual_learning: bool = True
     latency_weighting: bool = True
     dynamic_set: bool = True
-    # how Taylor scores are made comparable across layers before selection: "group" (mean 1
-    # per channel group) or "global" (one mean for all: raw first-order loss changes)
-    importance: str = "group"
+    # how Taylor scores are made comparable across layers before selection: "global" (one mean
+    # for all: raw first-order loss changes) or "group" (mean 1 per channel group; the default
+    # before 2026-12-06, chosen against on the validation split: docs/pruning.md)
+    importance: str = "global"
     # BatchNorm statistics re-estimated after removal on this many training batches (0: off)
     bn_recalibration: int = 0
     # after removal (and the closed loop), label-free distillation of the pruned model from the
