@@ -343,7 +343,8 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
     wall = time.perf_counter() - t0
     row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=cfg.epochs,
                distill_epochs=cfg.distill_epochs, distill=res.distill,
-               switches=switches, config=cfg.to_dict(), wall_s=round(wall, 1), top1_val=cx.top1(res.model, "val"),
+               switches=switches, config=cfg.to_dict(), wall_s=round(wall, 1),
+               top1_val=cx.top1(res.model, "val"),
                top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
                pruner_budget=res.budget, pruner_internal_budget=res.internal_budget,
                pruner_cost_unit=res.cost_unit, verify=list(res.verify),

@@ -135,6 +135,16 @@ def test_the_search_record_keeps_the_lowest_predicted_candidate():
     assert bench._search_record([], [], None, SimpleNamespace(match=1.03, ratio_step=0.0125))["lowest_predicted"] is None
 
 
+def _row_cx(cx, args=None, **fields):
+    """A stand-in for the benchmark's context where a row is made: the teacher of ``cx``,
+    8 epochs, every model scoring 0.5 and predicted at 1 ms; ``args`` add command-line
+    options, ``fields`` add or replace context fields."""
+    a = SimpleNamespace(epochs=8, command="c", commit="x", **(args or {}))
+    return SimpleNamespace(**{**vars(cx), "a": a, "name": "resnet20", "ran_on": "here",
+                              "top1": lambda m, split: 0.5, "artifact": lambda m, tag: tag,
+                              "profile": SimpleNamespace(predict_ms=lambda m: 1.0), **fields})
+
+
 def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_distils_without_labels(cx, monkeypatch):
     """The control row for edgeprune's training: the same architecture as edgeprune's row,
     cut from the teacher, fine-tuned by distillation from that teacher (never with labels)."""
@@ -145,9 +155,7 @@ def test_edgeprune_widths_distilled_cuts_the_teacher_to_edgeprune_widths_and_dis
         return model, 0.05
 
     monkeypatch.setattr(bench, "_finetune", finetune)
-    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, command="c", commit="x"),
-                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
-                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    fake = _row_cx(cx)
     widths = {"layer3.0.shortcut.0": 32, "layer3.1.conv1": 16, "layer2.0.conv1": 16}
     row, model, art = bench._widths_distill(fake, 0.5, 3, {"group_widths_after": widths, "removed_blocks": []})
     assert seen["teacher"] is cx.teacher and row["labels"] is False and row["seed"] == 3
@@ -172,9 +180,7 @@ def test_the_fine_tuned_baseline_trains_a_copy_of_the_unpruned_teacher_with_labe
         return model, 0.01
 
     monkeypatch.setattr(bench, "_finetune", finetune)
-    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, command="c", commit="x"),
-                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
-                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    fake = _row_cx(cx)
     row, model, art = bench._teacher_finetuned(fake, 2)
     assert seen["teacher"] is None and seen["seed"] == 2 and seen["model"] is not cx.teacher
     assert row["labels"] is True and row["method"] == bench.TEACHER_FT and row["budget_ratio"] == 1.0
@@ -315,13 +321,9 @@ def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switc
 
     monkeypatch.setattr(bench.edgeprune, "prune", prune)
     monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
-    inp = SimpleNamespace(mean=(0.5,), std=(0.5,))
-    fake = SimpleNamespace(**vars(cx), a=SimpleNamespace(epochs=8, quick=False, batch_size=4,
-                                                         command="c", commit="x"),
-                           name="resnet20", ran_on="here", top1=lambda m, split: 0.5,
-                           spec=SimpleNamespace(input=inp), train_unlabeled=None,
-                           t=SimpleNamespace(name="host-litert"),
-                           profile=SimpleNamespace(predict_ms=lambda m: 1.0), artifact=lambda m, tag: tag)
+    fake = _row_cx(cx, {"quick": False, "batch_size": 4}, train_unlabeled=None,
+                   spec=SimpleNamespace(input=SimpleNamespace(mean=(0.5,), std=(0.5,))),
+                   t=SimpleNamespace(name="host-litert"))
     row, _, _ = bench._edgeprune(fake, 0.5, 1, switches, "edgeprune")
     assert row["config"] == seen["config"].to_dict()
     assert row["config"]["importance"] == importance and row["config"]["seed"] == 1
