@@ -345,6 +345,8 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
                distill_epochs=cfg.distill_epochs, distill=res.distill,
                switches=switches, config=cfg.to_dict(), wall_s=round(wall, 1),
                top1_val=cx.top1(res.model, "val"),
+               # the same widths before the distillation phase: what it added (val only: a choice)
+               top1_val_before_distill=None if res.undistilled is None else cx.top1(res.undistilled, "val"),
                top1_before_finetune=None, predicted_ms=cx.profile.predict_ms(res.model),
                pruner_budget=res.budget, pruner_internal_budget=res.internal_budget,
                pruner_cost_unit=res.cost_unit, verify=list(res.verify),
@@ -354,7 +356,9 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
                widths_after=res.to_dict()["widths_after"],
                group_widths_after=res.group_widths_after, student=res.student,
                removed_blocks=list(res.removed_blocks))
-    print(f"{cx.name} {label} {r}x seed {seed}: val {100 * row['top1_val']:.2f}% in {wall:.0f} s",
+    before = row["top1_val_before_distill"]
+    print(f"{cx.name} {label} {r}x seed {seed}: val {100 * row['top1_val']:.2f}%"
+          + ("" if before is None else f" ({100 * before:.2f}% before distillation)") + f" in {wall:.0f} s",
           flush=True)
     return row, res.model, cx.artifact(res.model, f"{label}-{r}-{seed}".replace(" ", "_").replace(":", ""))
 

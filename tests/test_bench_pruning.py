@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgeprune import models
 from tests.nets import randomize_bn
@@ -314,7 +315,7 @@ def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switc
 
     def prune(teacher, batches, *, target, profile, budget_ratio, config):
         seen["config"] = config
-        return SimpleNamespace(model=teacher, distill=None, budget=1.0, internal_budget=1.0,
+        return SimpleNamespace(model=teacher, distill=None, undistilled=None, budget=1.0, internal_budget=1.0,
                                cost_unit="ms", verify=[], ramp_check=None, history=[],
                                to_dict=lambda: {"widths_before": {}, "widths_after": {}},
                                group_widths_after={}, student=0, removed_blocks=[])
@@ -328,3 +329,32 @@ def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switc
     assert row["config"] == seen["config"].to_dict()
     assert row["config"]["importance"] == importance and row["config"]["seed"] == 1
     assert row["switches"] == switches
+    assert row["top1_val_before_distill"] is None
+
+
+def test_a_distilled_row_records_val_top1_of_the_same_widths_before_distillation(cx, monkeypatch, capsys):
+    """What distillation adds is judged on identical channels: the row scores the model the
+    pruner returned before its distillation phase on val (a choice; test is read once)."""
+    before, after = nn.Linear(1, 1), nn.Linear(1, 1)
+
+    def prune(teacher, batches, *, target, profile, budget_ratio, config):
+        return SimpleNamespace(model=after, distill={"epochs": 8}, undistilled=before, budget=1.0,
+                               internal_budget=1.0, cost_unit="ms", verify=[], ramp_check=None,
+                               history=[], to_dict=lambda: {"widths_before": {}, "widths_after": {}},
+                               group_widths_after={}, student=0, removed_blocks=[])
+
+    monkeypatch.setattr(bench.edgeprune, "prune", prune)
+    monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
+    scored = []
+
+    def top1(model, split):
+        scored.append((model, split))
+        return 0.9 if model is after else 0.8
+
+    fake = _row_cx(cx, {"quick": False, "batch_size": 4}, train_unlabeled=None, top1=top1,
+                   spec=SimpleNamespace(input=SimpleNamespace(mean=(0.5,), std=(0.5,))),
+                   t=SimpleNamespace(name="host-litert"))
+    row, model, _ = bench._edgeprune(fake, 0.5, 0, {"distill_epochs": 8}, "edgeprune: + distill 8")
+    assert model is after and row["top1_val"] == 0.9 and row["top1_val_before_distill"] == 0.8
+    assert (before, "val") in scored and all(split == "val" for m, split in scored if m is before)
+    assert "val 90.00% (80.00% before distillation)" in capsys.readouterr().out

@@ -763,7 +763,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
             model, record = distill(result.model, pruner.teacher, data, cfg=cfg, heldout=heldout,
                                     steps=cfg.distill_epochs * train_batches, world=world,
                                     rank=rank, on_progress=on_progress)
-            result = dataclasses.replace(result, model=model, distill=record)
+            result = dataclasses.replace(result, model=model, distill=record, undistilled=result.model)
         if not cfg.bn_recalibration:
             return result
         taken = []

@@ -60,6 +60,9 @@ class PruneResult:
     # steps, seconds, heldout_kl_before / heldout_kl_after (mean KL to the teacher on the
     # held-out batches); None when off
     distill: dict[str, Any] | None = None
+    # the pruned model as it was before that distillation (the same widths, so the same cost):
+    # what distillation added can be judged on the same channels; None when off
+    undistilled: nn.Module | None = None
 
     @property
     def measured_ms(self) -> float | None:

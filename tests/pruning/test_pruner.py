@@ -445,6 +445,10 @@ def test_distillation_after_removal_trains_the_pruned_widths_on_the_teacher_alon
     assert [p.step for p in distill_steps] == list(range(1, 17)) and "kd" in distill_steps[-1].metrics
     assert not on.model.training and not any(p.requires_grad for p in on.model.parameters())
     assert on.to_dict()["distill"] == d and off.to_dict()["distill"] is None
+    # the model before distillation is kept, unchanged by it: the same run's removed model
+    assert off.undistilled is None and on.undistilled is not on.model
+    assert all(torch.equal(a, b) for a, b in zip(on.undistilled.parameters(), off.model.parameters(),
+                                                 strict=True))
     assert "distilled from the teacher after removal" in str(on) and "No labels were read." in on.to_markdown()
     assert "nothing was fine-tuned" in off.to_markdown() and "distilled" not in str(off)
 
