@@ -380,7 +380,7 @@ def test_prune_removes_residual_blocks_only_when_allowed(capsys, tmp_path, ckpt)
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "prune_report.json").read_text())
     assert report["config"]["remove_blocks"] is True and report["removed_blocks"]
-    assert "residual blocks removed" in out
+    assert "residual blocks removed" in out and "--distill-epochs 8" in out
     pruned = edgeprune.load(tmp_path / "o" / "model.safetensors")
     names = dict(pruned.named_modules())
     assert all(type(names[b]).__name__ == "RemovedBlock" for b in report["removed_blocks"])

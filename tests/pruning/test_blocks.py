@@ -3,6 +3,7 @@ and the result is priced, saved and loaded as the network without them."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,10 @@ def test_below_the_channel_floor_blocks_are_removed_losslessly(tmp_path):
     gone = {f"{b}.conv1" for b in res.removed_blocks}
     assert all(res.widths_after[p] == (0, 0) for p in gone)
     assert f"residual blocks removed: {len(res.removed_blocks)} of 7" in str(res)
+    assert "--distill-epochs 8" in str(res)  # the measured remedy, named where blocks went
+    distilled = dataclasses.replace(res, distill={"epochs": 8, "steps": 1, "lr": 0.05, "seconds": 1.0,
+                                                  "heldout_kl_before": 0.1, "heldout_kl_after": 0.05})
+    assert "--distill-epochs" not in str(distilled) and "distilled from the teacher" in str(distilled)
     d = res.to_dict()
     assert d["removed_blocks"] == list(res.removed_blocks)
     # the checkpoint rebuilds the network without the removed blocks
