@@ -137,8 +137,8 @@ class PruneResult:
             # measured: removal is lossless but the training could not fully make up for the
             # blocks; label-free distillation afterwards did (docs/benchmarks.md)
             lines.append("nothing was trained after removing blocks: label-free distillation "
-                         "afterwards (distill_epochs=8, CLI --distill-epochs 8) recovered 2-4 val "
-                         "points on the benchmark's ResNets (docs/pruning.md)")
+                         "afterwards (distill_epochs=8, CLI --distill-epochs 8) recovered 2-5 val "
+                         "points on the same widths on the benchmark's ResNets (docs/benchmarks.md)")
         return lines
 
     def _distill_lines(self) -> list[str]:
