@@ -307,24 +307,33 @@ def test_rows_of_another_teacher_are_not_merged_into_a_file(tmp_path, capsys):
     assert out.read_bytes() == before
 
 
+def _stub_prune(cx, monkeypatch, seen: dict, top1=None, **result):
+    """``edgeprune.prune`` replaced by a stand-in that records the config it was given in
+    ``seen`` and returns a result with ``result``'s fields (by default the teacher, nothing
+    distilled); returns the row context for ``_edgeprune``, scoring with ``top1`` if given."""
+
+    def prune(teacher, batches, *, target, profile, budget_ratio, config):
+        seen["config"] = config
+        return SimpleNamespace(**{"model": teacher, "distill": None, "undistilled": None,
+                                  "budget": 1.0, "internal_budget": 1.0, "cost_unit": "ms",
+                                  "verify": [], "ramp_check": None, "history": [],
+                                  "to_dict": lambda: {"widths_before": {}, "widths_after": {}},
+                                  "group_widths_after": {}, "student": 0, "removed_blocks": [],
+                                  **result})
+
+    monkeypatch.setattr(bench.edgeprune, "prune", prune)
+    monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
+    return _row_cx(cx, {"quick": False, "batch_size": 4}, train_unlabeled=None,
+                   spec=SimpleNamespace(input=SimpleNamespace(mean=(0.5,), std=(0.5,))),
+                   t=SimpleNamespace(name="host-litert"), **({"top1": top1} if top1 else {}))
+
+
 @pytest.mark.parametrize("switches, importance", [({}, "global"), ({"importance": "group"}, "group")])
 def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switches, importance):
     """Defaults change (importance was "group" up to c492a42): a row says what it ran with,
     the config the pruner was given, not only the ablation's switches."""
     seen = {}
-
-    def prune(teacher, batches, *, target, profile, budget_ratio, config):
-        seen["config"] = config
-        return SimpleNamespace(model=teacher, distill=None, undistilled=None, budget=1.0, internal_budget=1.0,
-                               cost_unit="ms", verify=[], ramp_check=None, history=[],
-                               to_dict=lambda: {"widths_before": {}, "widths_after": {}},
-                               group_widths_after={}, student=0, removed_blocks=[])
-
-    monkeypatch.setattr(bench.edgeprune, "prune", prune)
-    monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
-    fake = _row_cx(cx, {"quick": False, "batch_size": 4}, train_unlabeled=None,
-                   spec=SimpleNamespace(input=SimpleNamespace(mean=(0.5,), std=(0.5,))),
-                   t=SimpleNamespace(name="host-litert"))
+    fake = _stub_prune(cx, monkeypatch, seen)
     row, _, _ = bench._edgeprune(fake, 0.5, 1, switches, "edgeprune")
     assert row["config"] == seen["config"].to_dict()
     assert row["config"]["importance"] == importance and row["config"]["seed"] == 1
@@ -336,24 +345,14 @@ def test_a_distilled_row_records_val_top1_of_the_same_widths_before_distillation
     """What distillation adds is judged on identical channels: the row scores the model the
     pruner returned before its distillation phase on val (a choice; test is read once)."""
     before, after = nn.Linear(1, 1), nn.Linear(1, 1)
-
-    def prune(teacher, batches, *, target, profile, budget_ratio, config):
-        return SimpleNamespace(model=after, distill={"epochs": 8}, undistilled=before, budget=1.0,
-                               internal_budget=1.0, cost_unit="ms", verify=[], ramp_check=None,
-                               history=[], to_dict=lambda: {"widths_before": {}, "widths_after": {}},
-                               group_widths_after={}, student=0, removed_blocks=[])
-
-    monkeypatch.setattr(bench.edgeprune, "prune", prune)
-    monkeypatch.setattr(bench.data, "Batches", lambda *a, **k: None)
     scored = []
 
     def top1(model, split):
         scored.append((model, split))
         return 0.9 if model is after else 0.8
 
-    fake = _row_cx(cx, {"quick": False, "batch_size": 4}, train_unlabeled=None, top1=top1,
-                   spec=SimpleNamespace(input=SimpleNamespace(mean=(0.5,), std=(0.5,))),
-                   t=SimpleNamespace(name="host-litert"))
+    fake = _stub_prune(cx, monkeypatch, {}, top1=top1, model=after, distill={"epochs": 8},
+                       undistilled=before)
     row, model, _ = bench._edgeprune(fake, 0.5, 0, {"distill_epochs": 8}, "edgeprune: + distill 8")
     assert model is after and row["top1_val"] == 0.9 and row["top1_val_before_distill"] == 0.8
     assert (before, "val") in scored and all(split == "val" for m, split in scored if m is before)
