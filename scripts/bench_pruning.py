@@ -31,7 +31,8 @@ baseline's ``teacher``); rows of another teacher go to another ``--out``.
   this teacher, which a method that only learns from the teacher cannot get.
 
 ``--ablations`` adds edgeprune's switches at 0.5x (at every budget when --budgets is
-given). ``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
+given): all of them on the first seed, or those named on every one of ``--seeds``.
+``--seeds`` repeats edgeprune and the best Torch-Pruning variant. Every choice is
 made on the ``val`` split; the test split is read once per row, for the table. All
 artifacts of one invocation are timed together, interleaved with the baseline, in
 ``--rounds`` rounds: a row's ms is the median of its round values, its ratio the median of
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                     help="none given: only the --ablations")
     ap.add_argument("--ablations", nargs="*", default=None, choices=list(ABLATIONS), metavar="NAME",
-                    help="edgeprune's switches at 0.5x (or at every --budgets given): all, or only those named")
+                    help="edgeprune's switches at 0.5x (or at every --budgets given): all on the first seed, "
+                         "or those named on every --seeds")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="seeds for edgeprune and the best Torch-Pruning variant (others: the first)")
     ap.add_argument("--epochs", type=int, default=8, help="edgeprune's epochs = the peers' fine-tuning")
@@ -270,7 +272,7 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
                 pending.append(_edgeprune(cx, r, seed, {}, "edgeprune"))
                 if WIDTHS_DISTILL in a.methods and pending[-1][1] is not None:
                     pending.append(_widths_distill(cx, r, seed, pending[-1][0]))
-            if first and a.ablations is not None and (r == 0.5 or a.budgets is not None):
+            if seed in _ablation_seeds(a) and (r == 0.5 or a.budgets is not None):
                 for label in a.ablations or ABLATIONS:
                     pending.append(_edgeprune(cx, r, seed, ABLATIONS[label], label))
             best = _best(tp_models)
@@ -288,6 +290,15 @@ def _run_model(name: str, a, t, tmp: Path) -> tuple[list[dict], dict]:
             **cx.test_fields(cx.teacher), "top1_val": cx.top1(cx.teacher, "val"),
             "val_images": len(cx.val), **cx.sizes(cx.teacher)}
     return rows, base
+
+
+def _ablation_seeds(a) -> list[int]:
+    """The seeds the ablations run on: none without ``--ablations``; the first seed for all
+    of them (a bare ``--ablations``, the whole matrix); every seed for those named, which is
+    how one ablation is repeated into a mean and a spread."""
+    if a.ablations is None:
+        return []
+    return list(a.seeds) if a.ablations else list(a.seeds[:1])
 
 
 def _best(tp_models: dict) -> str | None:

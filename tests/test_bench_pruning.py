@@ -212,6 +212,13 @@ def test_every_ablation_is_a_valid_config_that_changes_the_default(label):
     assert row.seed == 3 and row.epochs == switches.get("epochs", 8)  # a switch's epochs win
 
 
+@pytest.mark.parametrize("named, runs_on", [(None, []), ([], [2]), (["edgeprune: + distill 8"], [2, 0, 1])])
+def test_named_ablations_run_on_every_seed_and_the_whole_matrix_on_the_first(named, runs_on):
+    """One named ablation repeated over --seeds gives a mean and a spread in one invocation;
+    a bare --ablations (every switch) stays on the first seed, as the matrix is hours long."""
+    assert bench._ablation_seeds(SimpleNamespace(ablations=named, seeds=[2, 0, 1])) == runs_on
+
+
 @pytest.mark.parametrize("step, n", [(0.025, 37), (0.0125, 73), (0.1, 10), (0.4, 4)])
 def test_the_peer_ratio_grid_spans_005_to_095_in_the_step(step, n):
     grid = bench.ratio_grid(step)
