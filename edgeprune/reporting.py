@@ -47,7 +47,8 @@ _ROW_MEASURED = {"budget_ms": _NUM, "measured_ms": _NUM, "top1": _NUM}
 _ROW_OPTIONAL = {
     "labels": bool, "finetune_epochs": _NUM, "seed": _NUM, "budget_ratio": _NUM, "budget_ms": _NUM,
     "baseline_ms": _NUM, "predicted_ms": _NUM_OR_NULL, "macs": _NUM, "params": _NUM,
-    "top1_before_finetune": _NUM_OR_NULL, "top1_holdout": _NUM, "wall_s": _NUM, "ran_on": str, "infeasible": str,
+    "top1_before_finetune": _NUM_OR_NULL, "top1_holdout": _NUM, "top1_val": _NUM,
+    "measured_ratio": _NUM, "wall_s": _NUM, "ran_on": str, "infeasible": str,
     "history": list, "widths_before": dict, "widths_after": dict,
     # the budget and unit the pruner itself worked in (its history's), if the row records them
     "pruner_budget": _NUM, "pruner_cost_unit": str,
@@ -497,6 +498,66 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
             _num(r.get("wall_s"), ".0f"), _cell(r.get("ran_on", "–"))]
 
 
+_SEED_FIELDS = (("measured_ratio", "measured/baseline"), ("top1_val", "top-1 val %"),
+                ("top1", "top-1 %"), ("top1_holdout", "top-1 holdout %"))
+
+
+def across_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mean and range (max - min) over seeds of each (model, method, budget ratio, labels,
+    fine-tune epochs, host) that has measured rows on two seeds or more, in first-seen order.
+
+    Returns dicts with the group's keys (``host``: the measuring CPU's id, or name), ``seeds``
+    (sorted) and, per field of ``_SEED_FIELDS`` that every row of the group has, ``{field:
+    (mean, range)}``. A difference between two methods smaller than their ranges is
+    seed-to-seed noise. Rows of different CPUs are never pooled: a latency ratio holds for
+    the host that measured it. A seed that appears twice in a group counts once, its last row."""
+    groups: dict[tuple, dict[Any, dict]] = {}
+    for r in rows:
+        if "infeasible" in r or not isinstance(r.get("seed"), (int, float)):
+            continue
+        h = r.get("host") if isinstance(r.get("host"), dict) else {}
+        host = str(h.get("cpu_id") or h.get("cpu") or "–")
+        key = (r.get("model"), r["method"], r.get("budget_ratio"), r.get("labels"),
+               r.get("finetune_epochs"), host)
+        groups.setdefault(key, {})[r["seed"]] = r
+    out = []
+    for (model, method, ratio, labels, ft, host), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        summary: dict[str, Any] = {"model": model, "method": method, "budget_ratio": ratio, "labels": labels,
+                                   "finetune_epochs": ft, "host": host, "seeds": sorted(by_seed)}
+        for field, _ in _SEED_FIELDS:
+            values = [r.get(field) if field != "measured_ratio" else _ratio(r) for r in by_seed.values()]
+            if all(isinstance(v, (int, float)) for v in values):
+                summary[field] = (sum(values) / len(values), max(values) - min(values))
+        out.append(summary)
+    return out
+
+
+def seed_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """:func:`across_seeds` of one model's ``rows`` as Markdown lines (none when no group has
+    two seeds)."""
+    groups = across_seeds(rows)
+    if not groups:
+        return []
+
+    def cell(g: dict, field: str) -> str:
+        if field not in g:
+            return "–"
+        mean, spread = g[field]
+        scale, spec = (1.0, ".3f") if field == "measured_ratio" else (100.0, ".2f")
+        return f"{format(mean * scale, spec)} ({format(spread * scale, spec)})"
+
+    lines = ["", "Across seeds: mean (range, max - min). A difference smaller than the ranges "
+             "is seed-to-seed noise.", ""]
+    lines += _table(("method", "budget ratio", "host", "seeds", *(name for _, name in _SEED_FIELDS)),
+                    ["---", "---:", "---", "---", *["---:"] * len(_SEED_FIELDS)],
+                    [[_cell(g["method"]), _num(g["budget_ratio"], "g"), _cell(g["host"]),
+                      ", ".join(_num(x, "g") for x in g["seeds"]),
+                      *(cell(g, f) for f, _ in _SEED_FIELDS)] for g in groups])
+    return lines
+
+
 def _baseline_cells(b: dict[str, Any]) -> list[str]:
     name = f"baseline (unpruned, `{b['teacher']}`)" if b.get("teacher") else "baseline (unpruned)"
     return ([name, "", "", "", "", _num(b["measured_ms"]), "1.000",
@@ -513,6 +574,7 @@ def _model_section(model: str, rows: list[dict], baseline: dict, out: Path,
     lines = [f"## {model}", ""]
     lines += _table(_ROW_HEADER, ["---"] * 2 + ["---:"] * 12 + ["---"],
                     [_baseline_cells(baseline), *(_row_cells(r) for r in rows)])
+    lines += seed_table(rows)
     infeasible = [r for r in rows if "infeasible" in r]
     if infeasible:
         lines += ["", "Infeasible, so not in the plots:", ""]

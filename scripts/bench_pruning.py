@@ -38,6 +38,8 @@ artifacts of one invocation are timed together, interleaved with the baseline, i
 ``--rounds`` rounds: a row's ms is the median of its round values, its ratio the median of
 its per-round ratios to the baseline. Rows merge into
 ``bench/results/pruning.json`` by (model, method, budget, seed), so the matrix runs in parts.
+At the end it prints, per model, the mean and range over seeds of every method and budget
+the file holds on two seeds or more, per CPU (the report's "Across seeds" table).
 
     python scripts/bench_pruning.py [--models resnet20 ...] [--budgets 0.5 ...] [--quick]
         [--teacher resnet20=resnet20-shapes-e40]
@@ -70,6 +72,7 @@ from edgeprune.graph.surgery import shrink_to_widths
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling.measurement import convert_for, time_rounds
 from edgeprune.pruning import PruneConfig
+from edgeprune.reporting import seed_table, write_report
 from edgeprune.targets import load_target
 from edgeprune.train import TrainConfig, evaluate, train
 
@@ -189,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             doc["rows"] = merge_rows(doc["rows"], rows, key=_row_key)
             write_json(out, doc)  # after each model: a long matrix keeps what it measured
     print(f"\nwrote {out}")
+    for name in a.models:  # the file's rows of each model run (this invocation's and earlier)
+        table = seed_table([r for r in doc["rows"] if r["model"] == name])
+        if table:
+            print(f"\n{name}" + "\n".join(table))
     if a.report_dir:
-        from edgeprune.reporting import write_report
-
         print(f"wrote {write_report(out, a.report_dir)}")
     return 0
 

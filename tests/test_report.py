@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgeprune.cli import _prune_plots, main
 from edgeprune.errors import ConfigError, MissingDependencyError
-from edgeprune.reporting import write_report
+from edgeprune.reporting import across_seeds, write_report
 
 pytest.importorskip("matplotlib", reason="reports need matplotlib: pip install 'edgeprune[report]'")
 
@@ -272,3 +272,31 @@ def test_the_baseline_row_names_its_teacher_where_the_benchmark_records_it(tmp_p
     b["baselines"]["resnet20"]["teacher"] = 40
     with pytest.raises(ConfigError, match="teacher"):
         write_report(write(tmp_path / "c.json", b), tmp_path / "c")
+
+
+def test_seeds_are_summarised_as_mean_and_range_never_pooling_models_or_hosts(tmp_path):
+    b = benchmark()
+    xeon, epyc = {"cpu": "Xeon", "cpu_id": "GenuineIntel family 6"}, {"cpu": "AMD EPYC"}
+    base = {**b["rows"][0], "host": xeon}
+    b["rows"] += [
+        {**base, "seed": 0, "top1": 0.95, "measured_ratio": 0.40},  # replaced by the later seed 0
+        {**base, "seed": 1, "top1": 0.92, "measured_ratio": 0.50, "top1_val": 0.93},
+        {**base, "seed": 2, "top1": 0.90, "measured_ratio": 0.46, "top1_val": 0.94},
+        {**base, "seed": 0, "top1": 0.91, "measured_ratio": 0.48, "top1_val": 0.95},
+        {**base, "seed": 3, "infeasible": INFEASIBLE},  # not a measurement
+        {**base, "seed": 1, "host": epyc, "top1": 0.5},  # one seed on that host: no group
+        {**base, "seed": 1, "model": "resnet56", "top1": 0.5},  # one seed of that model
+    ]
+    b["baselines"]["resnet56"] = b["baselines"]["resnet20"]
+    (g,) = across_seeds(b["rows"])  # the resnet56 or EPYC seed 1 pooled in would replace seed 1
+    assert (g["model"], g["method"], g["budget_ratio"], g["host"], g["seeds"]) == \
+        ("resnet20", "edgeprune", 0.5, "GenuineIntel family 6", [0, 1, 2])
+    assert g["top1"] == pytest.approx((0.91, 0.02)) and g["top1_val"] == pytest.approx((0.94, 0.02))
+    assert g["measured_ratio"] == pytest.approx((0.48, 0.04))
+    assert "top1_holdout" not in g  # no row of the group has it
+    text = write_report(write(tmp_path / "pruning.json", b), tmp_path / "out").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| edgeprune | 0.5 |"))
+    assert row == ("| edgeprune | 0.5 | GenuineIntel family 6 | 0, 1, 2 | 0.480 (0.040) | "
+                   "94.00 (2.00) | 91.00 (2.00) | – |")
+    assert across_seeds(benchmark()["rows"]) == [] and "Across seeds" not in \
+        write_report(write(tmp_path / "one.json", benchmark()), tmp_path / "one").read_text()
