@@ -51,7 +51,7 @@ _ROW_OPTIONAL = {
     "measured_ratio": _NUM, "wall_s": _NUM, "ran_on": str, "infeasible": str,
     "history": list, "widths_before": dict, "widths_after": dict,
     # the budget and unit the pruner itself worked in (its history's), if the row records them
-    "pruner_budget": _NUM, "pruner_cost_unit": str,
+    "pruner_budget": _NUM, "pruner_cost_unit": str, "distill_epochs": _NUM_OR_NULL,
 }
 _BASELINE_FIELDS = {"measured_ms": _NUM, "top1": _NUM}
 _BASELINE_OPTIONAL = {"macs": _NUM, "params": _NUM, "predicted_ms": _NUM_OR_NULL, "top1_holdout": _NUM,
@@ -470,7 +470,7 @@ def _prune_section(d: dict[str, Any], out: Path, figure: Callable[..., Any]) -> 
     return lines
 
 
-_ROW_HEADER = ("method", "labels", "fine-tune epochs", "seed", "budget ms", "measured ms",
+_ROW_HEADER = ("method", "labels", "fine-tune epochs", "seed", "budget ratio", "budget ms", "measured ms",
                "measured/baseline", "predicted ms", "MACs", "params", "top-1 %",
                "top-1 holdout %", "top-1 before fine-tune %", "wall s", "ran on")
 
@@ -485,13 +485,23 @@ def _ratio(r: dict[str, Any]) -> float | None:
     return r["measured_ms"] / base if "measured_ms" in r and base else None
 
 
+def _trained_after(r: dict[str, Any]) -> float | None:
+    """Epochs a row trained its pruned model, with or without labels: fine-tuning plus
+    distillation after removal (``distill_epochs``), which is fine-tuning without labels."""
+    ft, distill = r.get("finetune_epochs"), r.get("distill_epochs")
+    if ft is None:
+        return distill
+    return ft + (distill if isinstance(distill, (int, float)) else 0)
+
+
 def _row_cells(r: dict[str, Any]) -> list[str]:
     ratio = _ratio(r)
     measured = f"infeasible: {_cell(r['infeasible'])}" if "infeasible" in r else \
         _num(r.get("measured_ms"))
     labels = {True: "yes", False: "no"}.get(r.get("labels"), "–")
-    return [_cell(r["method"]), labels, _num(r.get("finetune_epochs"), "g"),
-            _num(r.get("seed"), "g"), _num(r.get("budget_ms")), measured, _num(ratio, ".3f"),
+    return [_cell(r["method"]), labels, _num(_trained_after(r), "g"),
+            _num(r.get("seed"), "g"), _num(r.get("budget_ratio"), "g"), _num(r.get("budget_ms")),
+            measured, _num(ratio, ".3f"),
             _num(r.get("predicted_ms")), _num(r.get("macs"), ",.0f"), _num(r.get("params"), ",.0f"),
             _num(r.get("top1"), ".2f", 100), _num(r.get("top1_holdout"), ".2f", 100),
             _num(r.get("top1_before_finetune"), ".2f", 100),
@@ -504,7 +514,7 @@ _SEED_FIELDS = (("measured_ratio", "measured/baseline"), ("top1_val", "top-1 val
 
 def across_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The mean and range (max - min) over seeds of each (model, method, budget ratio, labels,
-    fine-tune epochs, host) that has measured rows on two seeds or more, in first-seen order.
+    fine-tune epochs (distillation after removal included), host) that has measured rows on two seeds or more, in first-seen order.
 
     Returns dicts with the group's keys (``host``: the measuring CPU's id, or name), ``seeds``
     (sorted) and, per field of ``_SEED_FIELDS`` that every row of the group has, ``{field:
@@ -518,7 +528,7 @@ def across_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         h = r.get("host") if isinstance(r.get("host"), dict) else {}
         host = str(h.get("cpu_id") or h.get("cpu") or "–")
         key = (r.get("model"), r["method"], r.get("budget_ratio"), r.get("labels"),
-               r.get("finetune_epochs"), host)
+               _trained_after(r), host)
         groups.setdefault(key, {})[r["seed"]] = r
     out = []
     for (model, method, ratio, labels, ft, host), by_seed in groups.items():
@@ -560,7 +570,7 @@ def seed_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _baseline_cells(b: dict[str, Any]) -> list[str]:
     name = f"baseline (unpruned, `{b['teacher']}`)" if b.get("teacher") else "baseline (unpruned)"
-    return ([name, "", "", "", "", _num(b["measured_ms"]), "1.000",
+    return ([name, "", "", "", "", "", _num(b["measured_ms"]), "1.000",
              _num(b.get("predicted_ms")),
              _num(b.get("macs"), ",.0f"), _num(b.get("params"), ",.0f"),
              _num(b["top1"], ".2f", 100), _num(b.get("top1_holdout"), ".2f", 100)]
@@ -572,7 +582,7 @@ def _model_section(model: str, rows: list[dict], baseline: dict, out: Path,
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
     styles = _styles(rows)
     lines = [f"## {model}", ""]
-    lines += _table(_ROW_HEADER, ["---"] * 2 + ["---:"] * 12 + ["---"],
+    lines += _table(_ROW_HEADER, ["---"] * 2 + ["---:"] * 13 + ["---"],
                     [_baseline_cells(baseline), *(_row_cells(r) for r in rows)])
     lines += seed_table(rows)
     infeasible = [r for r in rows if "infeasible" in r]

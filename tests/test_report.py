@@ -241,7 +241,18 @@ def test_accuracy_axis_is_the_ratio_to_each_rows_own_baseline_when_rows_carry_it
     from edgeprune.reporting import _ROW_HEADER, _row_cells
 
     cells = dict(zip(_ROW_HEADER, _row_cells(rows[1]), strict=True))
-    assert cells["measured/baseline"] == "0.450"
+    assert cells["measured/baseline"] == "0.450" and cells["budget ratio"] == "0.5"
+
+
+@pytest.mark.parametrize("ft, distill, shown", [(0, 8, "8"), (8, None, "8"), (2, 4, "6"), (None, None, "–")])
+def test_distillation_after_removal_counts_as_fine_tuning_in_the_report(ft, distill, shown):
+    """A row that distilled its pruned model trained it after pruning, without labels: the
+    report must not print 0 fine-tune epochs for it (the bench's printout counts it too)."""
+    from edgeprune.reporting import _ROW_HEADER, _row_cells
+
+    row = {"model": "m", "method": "edgeprune: + distill 8", "finetune_epochs": ft,
+           "distill_epochs": distill, "measured_ms": 0.5, "budget_ms": 0.5, "top1": 0.9}
+    assert dict(zip(_ROW_HEADER, _row_cells(row), strict=True))["fine-tune epochs"] == shown
 
 
 def test_the_holdout_top1_is_a_column_where_rows_carry_it(tmp_path):
