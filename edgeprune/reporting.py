@@ -485,7 +485,7 @@ def _ratio(r: dict[str, Any]) -> float | None:
     return r["measured_ms"] / base if "measured_ms" in r and base else None
 
 
-def _trained_after(r: dict[str, Any]) -> float | None:
+def trained_epochs(r: dict[str, Any]) -> float | None:
     """Epochs a row trained its pruned model, with or without labels: fine-tuning plus
     distillation after removal (``distill_epochs``), which is fine-tuning without labels."""
     ft, distill = r.get("finetune_epochs"), r.get("distill_epochs")
@@ -499,7 +499,7 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
     measured = f"infeasible: {_cell(r['infeasible'])}" if "infeasible" in r else \
         _num(r.get("measured_ms"))
     labels = {True: "yes", False: "no"}.get(r.get("labels"), "–")
-    return [_cell(r["method"]), labels, _num(_trained_after(r), "g"),
+    return [_cell(r["method"]), labels, _num(trained_epochs(r), "g"),
             _num(r.get("seed"), "g"), _num(r.get("budget_ratio"), "g"), _num(r.get("budget_ms")),
             measured, _num(ratio, ".3f"),
             _num(r.get("predicted_ms")), _num(r.get("macs"), ",.0f"), _num(r.get("params"), ",.0f"),
@@ -528,7 +528,7 @@ def across_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         h = r.get("host") if isinstance(r.get("host"), dict) else {}
         host = str(h.get("cpu_id") or h.get("cpu") or "–")
         key = (r.get("model"), r["method"], r.get("budget_ratio"), r.get("labels"),
-               _trained_after(r), host)
+               trained_epochs(r), host)
         groups.setdefault(key, {})[r["seed"]] = r
     out = []
     for (model, method, ratio, labels, ft, host), by_seed in groups.items():

@@ -72,7 +72,7 @@ from edgeprune.graph.surgery import shrink_to_widths
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling.measurement import convert_for, time_rounds
 from edgeprune.pruning import PruneConfig
-from edgeprune.reporting import seed_table, write_report
+from edgeprune.reporting import seed_table, trained_epochs, write_report
 from edgeprune.targets import load_target
 from edgeprune.train import TrainConfig, evaluate, train
 
@@ -592,8 +592,7 @@ def _print(cx: _Ctx, rows: list[dict], base_ms: float) -> None:
         if "infeasible" in r:
             print(f"{r['method']:34} infeasible at {r['budget_ratio']}x: {r['infeasible']}")
             continue
-        # distillation after removal is fine-tuning without labels: it counts in the ft column
-        ft = r['finetune_epochs'] + (r.get('distill_epochs') or 0)
+        ft = trained_epochs(r)  # distillation after removal counts: fine-tuning without labels
         print(f"{r['method']:34} {str(r['labels']):>6} {ft:3d} {r['seed']:4d} "
               f"{r['budget_ratio']:6.2f} {r['measured_ms']:8.3f} {r['measured_ratio']:6.3f} "
               f"{r['predicted_ms']:8.3f} {r['macs'] / 1e6:7.2f} {r['params']:8,} "
