@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -103,18 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     doc["what"] = ("MACs and params reduction at <= 0.5 point val top-1 loss, pruned on the macs target "
                    "(no labels); shapes data, not the paper's CIFAR-10")
     doc["paper"] = PAPER
+
+    def keep(name: str, base: dict, row: dict) -> None:  # after each row: a long run keeps what it measured
+        doc.setdefault("baselines", {})[name] = base
+        doc["rows"] = merge_rows(doc["rows"], [row], key=_row_key)
+        write_json(out, doc)
+
     with tempfile.TemporaryDirectory(prefix="edgeprune-paper-table-") as d:
         for name in a.models:
-            rows, base = _run_model(name, a, Path(d))
-            doc.setdefault("baselines", {})[name] = base
-            doc["rows"] = merge_rows(doc["rows"], rows, key=_row_key)
-            write_json(out, doc)  # after each model: a long run keeps what it measured
+            _run_model(name, a, Path(d), keep)
     print(f"\nwrote {out}\n")
     print("\n".join(table(doc["rows"], doc["baselines"])))
     return 0
 
 
-def _run_model(name: str, a, tmp: Path) -> tuple[list[dict], dict]:
+def _run_model(name: str, a, tmp: Path, keep: Callable[[str, dict, dict], None]) -> tuple[list[dict], dict]:
+    """Prune ``name``'s teacher at every ratio, seed and variant; each row is passed to
+    ``keep(name, baseline, row)`` as soon as it is scored. Returns (rows, baseline)."""
     teacher = edgeprune.load(ROOT / "bench" / "baselines" / a.teachers[name] / "model.safetensors")
     spec = teacher.edgeprune_spec
     hw = spec.input.hw
@@ -159,6 +165,7 @@ def _run_model(name: str, a, tmp: Path) -> tuple[list[dict], dict]:
                       f"(-{row['params_reduction_pct']:.1f}%), val {100 * row['top1_val']:.2f}% "
                       f"({row['change_val']:+.2f}) in {wall:.0f} s", flush=True)
                 rows.append(row)
+                keep(name, base, row)
     return rows, base
 
 

@@ -44,7 +44,7 @@ def test_the_row_within_the_bar_is_the_most_reduced_one_chosen_on_val_not_on_tes
     assert f"| resnet56 | edgeprune | 1 | none within 0.5 | | | | {paper[2:]}" in lines
 
 
-def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_and_scored_on_every_split(
+def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_every_split_and_kept(
         monkeypatch, tmp_path, capsys):
     pruned = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                            nn.Linear(8, 10))
@@ -68,7 +68,9 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_and_scored_o
     a = SimpleNamespace(teachers={"resnet20": "resnet20-shapes"}, macs_ratios=[0.4], seeds=[3],
                         variants=["edgeprune: + distill 8"], limit=None, holdout=10, batch_size=64,
                         epochs=2, quick=False, command="cmd", commit="abc")
-    rows, base = pt._run_model("resnet20", a, tmp_path)
+    kept = []
+    rows, base = pt._run_model("resnet20", a, tmp_path, lambda *got: kept.append(got))
+    assert kept == [("resnet20", base, rows[0])]  # each row is kept as soon as it is scored
     (target, ratio, cfg), = calls
     assert target == "macs" and ratio == 0.4 and cfg.distill_epochs == 8 and cfg.seed == 3 and cfg.epochs == 2
     (row,) = rows
