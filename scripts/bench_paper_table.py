@@ -7,7 +7,8 @@ here is ``shapes`` (edgeprune's generated images, 10 classes), not CIFAR-10: the
 side by side, they do not compare as equals.
 
 Each committed ``shapes`` teacher (or ``--teacher``) is pruned by edgeprune on the ``macs``
-target (multiply-accumulates, exact, no device: the rows hold on any host) to each
+target (multiply-accumulates, counted exactly: the budget means the same on every host; the
+accuracies are the training run of the host that ran it) to each
 ``--macs-ratios`` fraction of its MACs, with each ``--variants`` config (``edgeprune`` is the
 default: no labels, no fine-tuning; the others are scripts/bench_pruning.py's ablations,
 e.g. ``"edgeprune: + distill 8"``). Every row records MACs, params, their reduction, top-1 on
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.models:
             _run_model(name, a, Path(d), keep)
     print(f"\nwrote {out}\n")
-    print("\n".join(table(doc["rows"], doc["baselines"])))
+    print("\n".join(table(doc["rows"])))
     return 0
 
 
@@ -193,7 +194,7 @@ def within_loss(rows: list[dict], max_loss: float = MAX_LOSS) -> dict[tuple, dic
     return best
 
 
-def table(rows: list[dict], baselines: dict) -> list[str]:
+def table(rows: list[dict]) -> list[str]:
     """Markdown: every row, then per model the paper's result beside the most reduced row
     within the bar (or a line saying none is)."""
     lines = ["| model | variant | seed | MACs ratio | MMACs | MACs -% | params | params -% | "
