@@ -42,6 +42,7 @@ from bench_pruning import (
     _load,
     _teachers,
     prune_config,
+    refuse_other_teacher,
 )
 
 import edgeprune
@@ -95,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"paper_table{'_quick' if a.quick else ''}.json"
     doc = _load(out)
-    for name, b in doc.get("baselines", {}).items():  # one file, one teacher per model
-        if name in a.models and b["teacher"] != a.teachers[name]:
-            ap.error(f"--teacher {name}={a.teachers[name]}: {out} holds {name} rows of teacher "
-                     f"{b['teacher']}; give another --out for this teacher's rows")
+    refuse_other_teacher(ap, doc, a, out)
     doc["rows"] = rows_with_host(doc)
     doc.update(provenance("paper_table", "bench_paper_table.py", argv))
     a.command, a.commit = doc["command"], _commit()

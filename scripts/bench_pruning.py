@@ -175,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     t = load_target(a.target)
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"pruning{'_quick' if a.quick else ''}.json"
     doc = _load(out)
-    for name, b in doc.get("baselines", {}).items():  # one file, one teacher per model
-        had = b.get("teacher", f"{name}-shapes")  # files from before --teacher: the default
-        if name in a.models and had != a.teachers[name]:
-            ap.error(f"--teacher {name}={a.teachers[name]}: {out} holds {name} rows of teacher "
-                     f"{had}; give another --out for this teacher's rows")
+    refuse_other_teacher(ap, doc, a, out)
     doc["rows"] = rows_with_host(doc)  # before the header names this host
     doc.update(provenance("pruning", "bench_pruning.py", argv))
     a.command, a.commit = doc["command"], _commit()  # the code this invocation runs
@@ -622,6 +618,16 @@ def _teachers(ap, given: list[str], models: list[str]) -> dict[str, str]:
                      f"give a {model} checkpoint")
         out[model] = d
     return out
+
+
+def refuse_other_teacher(ap, doc: dict, a, out: Path) -> None:
+    """One results file, one teacher per model: rows of another ``--teacher`` need another
+    ``--out`` (files from before ``--teacher`` held the default, MODEL-shapes)."""
+    for name, b in doc.get("baselines", {}).items():
+        had = b.get("teacher", f"{name}-shapes")
+        if name in a.models and had != a.teachers[name]:
+            ap.error(f"--teacher {name}={a.teachers[name]}: {out} holds {name} rows of teacher "
+                     f"{had}; give another --out for this teacher's rows")
 
 
 def _load(path: Path) -> dict:
