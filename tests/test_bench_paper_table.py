@@ -96,13 +96,3 @@ def test_the_macs_cost_ablation_is_not_a_variant_every_row_is_on_macs():
     assert "edgeprune" in pt.VARIANTS and "edgeprune: + distill 8" in pt.VARIANTS
     assert not any(v.endswith("MACs cost") for v in pt.VARIANTS)
 
-
-def test_rows_of_another_teacher_are_refused_and_the_file_is_left_as_it_was(tmp_path, capsys):
-    out = tmp_path / "paper_table.json"
-    out.write_text('{"rows": [], "baselines": {"resnet20": {"teacher": "resnet20-shapes"}}}')
-    before = out.read_bytes()
-    with pytest.raises(SystemExit) as e:
-        pt.main(["--models", "resnet20", "--teacher", "resnet20=resnet20-digits", "--out", str(out)])
-    assert e.value.code == 2
-    assert "holds resnet20 rows of teacher resnet20-shapes" in capsys.readouterr().err
-    assert out.read_bytes() == before

@@ -301,14 +301,17 @@ def test_a_bad_teacher_is_refused_with_the_bad_value(bad, says, capsys):
     assert says in capsys.readouterr().err
 
 
-def test_rows_of_another_teacher_are_not_merged_into_a_file(tmp_path, capsys):
+@pytest.mark.parametrize("script", ["bench_pruning", "bench_paper_table"])
+def test_rows_of_another_teacher_are_not_merged_into_a_file(tmp_path, capsys, script):
     """A file compares every row of a model with one teacher: rows of another teacher need
-    another --out, and the file is left as it was (files from before --teacher had the default)."""
+    another --out, and the file is left as it was (files from before --teacher had the
+    default). Both benchmark scripts share the check."""
+    main = bench.main if script == "bench_pruning" else __import__(script).main
     out = tmp_path / "pruning.json"
     out.write_text('{"rows": [], "baselines": {"resnet20": {"measured_ms": 1.0, "top1": 0.9}}}')
     before = out.read_bytes()
     with pytest.raises(SystemExit) as e:
-        bench.main(["--models", "resnet20", "--teacher", "resnet20=resnet20-digits", "--out", str(out)])
+        main(["--models", "resnet20", "--teacher", "resnet20=resnet20-digits", "--out", str(out)])
     assert e.value.code == 2
     assert "holds resnet20 rows of teacher resnet20-shapes" in capsys.readouterr().err
     assert out.read_bytes() == before
