@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import demo  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("Warning", "WARNING", "INFO:", "I0000", "W1201", "Failed to load", "Traceback")
 
@@ -50,3 +53,18 @@ def test_demo_on_another_cpu_with_a_budget_below_the_floor(tmp_path):
     for f in ("pruned.safetensors", "bundle/model.json", "bundle/model.tflite", "bundle/validation.json"):
         assert (out / f).is_file(), f
         assert f.split("/")[-1] in r.stdout  # the summary says where every file went
+
+
+@pytest.mark.parametrize("requested, chosen, says", [
+    (0.5, 0.5, None),                    # reachable with room: pruned to as asked
+    (0.46, 0.4725, "0.46x is less than 1.05x the smallest"),  # above the floor, too close to it
+    (0.3, 0.4725, "0.3x is below the smallest"),
+])
+def test_the_demo_budget_is_lifted_only_near_the_floor_and_says_why(requested, chosen, says):
+    ratio, note = demo.demo_budget(requested, baseline_ms=2.0, floor_ms=0.9)  # floor 0.45x
+    assert ratio == pytest.approx(chosen)
+    if says is None:
+        assert note == "0.5x of the predicted baseline 2.000 ms"
+    else:
+        assert says in note and "(0.900 ms, 0.45x), so 1.05x that" in note
+        assert "below" not in note or requested < 0.45
