@@ -48,6 +48,7 @@ from bench_pruning import (
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
+from edgeprune.errors import ConfigError
 from edgeprune.graph.layers import model_macs
 from edgeprune.train import evaluate
 
@@ -147,17 +148,25 @@ def _run_model(name: str, a, tmp: Path, keep: Callable[[str, dict, dict], None])
                 cfg = prune_config(a, seed, switches)
                 batches = data.Batches(train, a.batch_size, mean=spec.input.mean, std=spec.input.std,
                                        augment=True, fixed_batches=cfg.heldout_batches, seed=seed)
-                t0 = time.perf_counter()
-                res = edgeprune.prune(teacher, batches, target="macs", budget_ratio=r, config=cfg)
-                wall = time.perf_counter() - t0
                 row = {"model": name, "method": label, "macs_ratio": r, "seed": seed, "labels": False,
                        "ran_on": f"CPU host ({torch.get_num_threads()} torch threads)",
-                       "command": a.command, "commit": a.commit, "config": cfg.to_dict(),
-                       "wall_s": round(wall, 1), **sizes(res.model), **scores(res.model),
-                       "top1_val_before_distill": None if res.undistilled is None else
-                       evaluate(res.undistilled, splits["val"], input_spec=spec.input).top1,
-                       "removed_blocks": list(res.removed_blocks),
-                       "widths_after": res.to_dict()["widths_after"]}
+                       "command": a.command, "commit": a.commit, "config": cfg.to_dict()}
+                t0 = time.perf_counter()
+                try:
+                    res = edgeprune.prune(teacher, batches, target="macs", budget_ratio=r, config=cfg)
+                except ConfigError as e:  # below the floor: a row that says so, and the run goes on
+                    if "smallest reachable" not in str(e):
+                        raise
+                    print(f"{name} {label} {r:.3f} seed {seed}: infeasible: {e}", flush=True)
+                    rows.append({**row, "infeasible": str(e)})
+                    keep(name, base, rows[-1])
+                    continue
+                wall = time.perf_counter() - t0
+                row.update({"wall_s": round(wall, 1), **sizes(res.model), **scores(res.model),
+                            "top1_val_before_distill": None if res.undistilled is None else
+                            evaluate(res.undistilled, splits["val"], input_spec=spec.input).top1,
+                            "removed_blocks": list(res.removed_blocks),
+                            "widths_after": res.to_dict()["widths_after"]})
                 row.update(reductions(row, base))
                 print(f"{name} {label} {r:.3f} seed {seed}: {row['macs'] / 1e6:.2f} MMACs "
                       f"(-{row['macs_reduction_pct']:.1f}%), {row['params']:,} params "
@@ -184,7 +193,7 @@ def within_loss(rows: list[dict], max_loss: float = MAX_LOSS) -> dict[tuple, dic
     points of val top-1: the choice is made on val, never on test or holdout."""
     best: dict[tuple, dict] = {}
     for r in rows:
-        if r["change_val"] < -max_loss - 1e-9:
+        if "infeasible" in r or r["change_val"] < -max_loss - 1e-9:
             continue
         k = (r["model"], r["method"], r["seed"])
         if k not in best or r["macs_reduction_pct"] > best[k]["macs_reduction_pct"]:
@@ -198,6 +207,10 @@ def table(rows: list[dict]) -> list[str]:
     lines = ["| model | variant | seed | MACs ratio | MMACs | MACs -% | params | params -% | "
              "val change | test change | holdout change |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["method"], r["seed"], -r["macs_ratio"])):
+        if "infeasible" in r:
+            lines.append(f"| {r['model']} | {r['method']} | {r['seed']} | {r['macs_ratio']:.3f} | "
+                         f"infeasible: {r['infeasible'].split(';')[0]} | | | | | | |")
+            continue
         lines.append(f"| {r['model']} | {r['method']} | {r['seed']} | {r['macs_ratio']:.3f} | "
                      f"{r['macs'] / 1e6:.2f} | {r['macs_reduction_pct']:.1f} | {r['params']:,} | "
                      f"{r['params_reduction_pct']:.1f} | {r['change_val']:+.2f} | {r['change_test']:+.2f} | "

@@ -12,6 +12,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_paper_table as pt  # noqa: E402
 
+from edgeprune.errors import ConfigError  # noqa: E402
+
 BASE = {"macs": 1000, "params": 200, "top1_val": 0.95, "top1_test": 0.94, "top1_holdout": 0.96}
 
 
@@ -44,6 +46,45 @@ def test_the_row_within_the_bar_is_the_most_reduced_one_chosen_on_val_not_on_tes
     assert f"| resnet56 | edgeprune | 1 | none within 0.5 | | | | {paper[2:]}" in lines
 
 
+def _stub(monkeypatch, prune, evaluate, **args) -> SimpleNamespace:
+    """The script's pruner, scorer and data replaced; returns its parsed arguments."""
+    monkeypatch.setattr(pt.edgeprune, "prune", prune)
+    monkeypatch.setattr(pt, "evaluate", evaluate)
+    monkeypatch.setattr(pt.data, "open", lambda name, **kw: {"shapes:val": "val", "shapes:test": "test"}.get(name, name))
+    monkeypatch.setattr(pt.data, "Batches", lambda *a, **k: None)
+    monkeypatch.setattr(pt, "_holdout", lambda n, hw, tmp: "holdout")
+    return SimpleNamespace(**{"teachers": {"resnet20": "resnet20-shapes"}, "limit": None, "holdout": 10,
+                              "batch_size": 64, "epochs": 2, "quick": False, "command": "cmd", "commit": "abc",
+                              **args})
+
+
+def test_a_ratio_below_the_floor_is_a_row_that_says_why_and_the_run_goes_on(monkeypatch, tmp_path, capsys):
+    floor = "budget 0.4 MMACs is below the smallest reachable 1.2 MMACs (0.03x ...); raise the budget"
+
+    def prune(teacher, batches, *, target, budget_ratio, config):
+        if budget_ratio < 0.1:
+            raise ConfigError(floor)
+        return SimpleNamespace(model=teacher, undistilled=None, removed_blocks=[],
+                               to_dict=lambda: {"widths_after": {}})
+
+    a = _stub(monkeypatch, prune, lambda m, src, input_spec: SimpleNamespace(top1=0.9),
+              macs_ratios=[0.01, 0.4], seeds=[0], variants=["edgeprune"])
+    kept = []
+    rows, base = pt._run_model("resnet20", a, tmp_path, lambda *got: kept.append(got[2]))
+    assert kept == rows and [r["macs_ratio"] for r in rows] == [0.01, 0.4]
+    assert rows[0]["infeasible"] == floor and "macs" not in rows[0] and rows[0]["config"]["seed"] == 0
+    assert "infeasible: budget 0.4 MMACs is below" in capsys.readouterr().out
+    assert pt.within_loss(rows)["resnet20", "edgeprune", 0] is rows[1]
+    assert "| resnet20 | edgeprune | 0 | 0.010 | infeasible: budget 0.4 MMACs is below the smallest reachable " \
+           "1.2 MMACs (0.03x ...) | | | | | | |" in pt.table(rows)
+
+    def other(teacher, batches, *, target, budget_ratio, config):
+        raise ConfigError("feature_points ['x'] are not layers of the model")
+    monkeypatch.setattr(pt.edgeprune, "prune", other)
+    with pytest.raises(ConfigError, match="feature_points"):  # only the floor is a row; a bug stops the run
+        pt._run_model("resnet20", a, tmp_path, lambda *got: None)
+
+
 def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_every_split_and_kept(
         monkeypatch, tmp_path, capsys):
     pruned = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -60,14 +101,7 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_ev
         top1 = {"val": 0.9, "test": 0.8, "holdout": 0.7}[src]
         return SimpleNamespace(top1=0.5 if model is undistilled else top1 + (model is not pruned) * 0.05)
 
-    monkeypatch.setattr(pt.edgeprune, "prune", prune)
-    monkeypatch.setattr(pt, "evaluate", evaluate)
-    monkeypatch.setattr(pt.data, "open", lambda name, **kw: {"shapes:val": "val", "shapes:test": "test"}.get(name, name))
-    monkeypatch.setattr(pt.data, "Batches", lambda *a, **k: None)
-    monkeypatch.setattr(pt, "_holdout", lambda n, hw, tmp: "holdout")
-    a = SimpleNamespace(teachers={"resnet20": "resnet20-shapes"}, macs_ratios=[0.4], seeds=[3],
-                        variants=["edgeprune: + distill 8"], limit=None, holdout=10, batch_size=64,
-                        epochs=2, quick=False, command="cmd", commit="abc")
+    a = _stub(monkeypatch, prune, evaluate, macs_ratios=[0.4], seeds=[3], variants=["edgeprune: + distill 8"])
     kept = []
     rows, base = pt._run_model("resnet20", a, tmp_path, lambda *got: kept.append(got))
     assert kept == [("resnet20", base, rows[0])]  # each row is kept as soon as it is scored
