@@ -7,7 +7,7 @@ aarch64 runtimes under QEMU.
 
 Nothing measured on another machine is used: the committed profiles under profiles/ describe
 the machine that measured them. The budget is 0.5x of the baseline's predicted latency, or
-1.05x the smallest latency pruning can reach on this machine when 0.5x is below it.
+1.05x the smallest latency pruning can reach on this machine when 0.5x is below that.
 
     make demo            # or: .venv/bin/python scripts/demo.py [--epochs N] [--out out/demo]
     make demo QUICK=1    # a few minutes: a short pruning run and small checks (CI runs this)
