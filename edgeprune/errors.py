@@ -15,6 +15,19 @@ class ConfigError(EdgepruneError, ValueError):
     """A configuration value or argument is invalid."""
 
 
+class BudgetBelowFloorError(ConfigError):
+    """A budget is below the smallest cost pruning can reach on this model and target.
+
+    ``budget`` and ``floor`` are in ``unit`` (ms or MMACs). A caller sweeping budgets (a
+    benchmark) catches this type to record the budget as infeasible and go on; any other
+    :class:`ConfigError` is a mistake to stop on.
+    """
+
+    def __init__(self, message: str, *, budget: float, floor: float, unit: str) -> None:
+        super().__init__(message)
+        self.budget, self.floor, self.unit = budget, floor, unit
+
+
 class ModelNotFoundError(EdgepruneError, KeyError):
     """An architecture name is not in the model zoo."""
 

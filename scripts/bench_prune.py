@@ -26,7 +26,7 @@ import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.convert import to_tflite_int8
-from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.errors import BudgetBelowFloorError, ProfileError
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling.latency import host_identity
 from edgeprune.profiling.measurement import convert_for, time_artifact
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 res = edgeprune.prune(teacher, batches, target=t, profile=prof, budget_ratio=a.budget,
                                       config=cfg)
-            except ConfigError as e:  # a budget below the reachable floor: a row that says so
-                if "smallest reachable" not in str(e):
-                    raise
+            except BudgetBelowFloorError as e:  # a budget below the reachable floor: a row that says so
                 rows.append({"variant": label, "switches": switches, "infeasible": str(e)})
                 print(f"{label}: infeasible: {e}", flush=True)
                 continue

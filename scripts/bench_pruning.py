@@ -64,7 +64,7 @@ from _bench import ROOT, merge_rows, provenance, rows_with_host
 import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
-from edgeprune.errors import ConfigError, ProfileError
+from edgeprune.errors import BudgetBelowFloorError, ProfileError
 from edgeprune.graph.blocks import remove_blocks
 from edgeprune.graph.groups import output_layers
 from edgeprune.graph.layers import model_macs
@@ -347,9 +347,7 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
     try:
         res = edgeprune.prune(cx.teacher, batches, target="macs" if macs else cx.t,
                               profile=None if macs else cx.profile, budget_ratio=r, config=cfg)
-    except ConfigError as e:
-        if "smallest reachable" not in str(e):
-            raise
+    except BudgetBelowFloorError as e:  # below the floor: a row that says so, and the run goes on
         print(f"{cx.name} {label} {r}x: infeasible: {e}", flush=True)
         return _row(cx, label, r, seed, labels=False, finetune_epochs=0, infeasible=str(e)), None, None
     wall = time.perf_counter() - t0

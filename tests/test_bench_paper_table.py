@@ -12,7 +12,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_paper_table as pt  # noqa: E402
 
-from edgeprune.errors import ConfigError  # noqa: E402
+from edgeprune.errors import BudgetBelowFloorError, ConfigError  # noqa: E402
 
 BASE = {"macs": 1000, "params": 200, "top1_val": 0.95, "top1_test": 0.94, "top1_holdout": 0.96}
 
@@ -63,7 +63,7 @@ def test_a_ratio_below_the_floor_is_a_row_that_says_why_and_the_run_goes_on(monk
 
     def prune(teacher, batches, *, target, budget_ratio, config):
         if budget_ratio < 0.1:
-            raise ConfigError(floor)
+            raise BudgetBelowFloorError(floor, budget=0.4, floor=1.2, unit="MMACs")
         return SimpleNamespace(model=teacher, undistilled=None, removed_blocks=[],
                                to_dict=lambda: {"widths_after": {}})
 

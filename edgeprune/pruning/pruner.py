@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.data import input_of
-from edgeprune.errors import ConfigError, DataError, EdgepruneError
+from edgeprune.errors import BudgetBelowFloorError, ConfigError, DataError, EdgepruneError
 from edgeprune.graph.blocks import BlockStructure, remove_blocks, residual_blocks
 from edgeprune.graph.groups import GroupStructure, group_structure
 from edgeprune.graph.layers import model_macs
@@ -353,13 +353,13 @@ class Pruner:
             if cfg.remove_blocks is False and residual_blocks(teacher, self.example):
                 offer = (", or let the pruner remove whole residual blocks (remove_blocks=True; CLI: "
                          "--remove-blocks)")
-            raise ConfigError(
+            raise BudgetBelowFloorError(
                 f"budget {self.budget:.4g} {unit} is below the smallest reachable {smallest:.4g} {unit} "
                 f"({smallest / self.baseline:.3f}x of the baseline's {self.baseline:.4g} {unit}, every "
                 f"group at {max(self.min_width, self.round_to)} channels{blocks}; round_to {self.round_to}, "
                 f"min_width {self.min_width}); raise the budget to at least {smallest:.4g}, or lower "
                 "round_to and min_width (CLI: --round-to N --min-width N), at the price of widths the "
-                f"runtime may run no faster{offer}")
+                f"runtime may run no faster{offer}", budget=self.budget, floor=smallest, unit=unit)
 
         points = (list(cfg.feature_points) if cfg.feature_points is not None
                   else stage_outputs(teacher, self.example))

@@ -13,7 +13,7 @@ from torch import nn
 
 import edgeprune
 from edgeprune import data
-from edgeprune.errors import ConfigError, DataError
+from edgeprune.errors import BudgetBelowFloorError, ConfigError, DataError
 from edgeprune.graph.layers import layer_units
 from edgeprune.pruning import PruneConfig, PruneResult
 from edgeprune.pruning.cost import Cost
@@ -402,8 +402,11 @@ def test_bad_inputs_are_refused_with_clear_errors():
         edgeprune.prune(model, batches, target="macs", budget_ms=1.0, budget_ratio=0.5)
     with pytest.raises(ConfigError, match="budget_ratio=1.5"):
         edgeprune.prune(model, batches, target="macs", budget_ratio=1.5)
-    with pytest.raises(ConfigError, match="below the smallest reachable"):
+    with pytest.raises(BudgetBelowFloorError, match="below the smallest reachable") as floor:
         edgeprune.prune(model, batches, target="macs", budget_ms=1e-6, config=FAST)
+    # a ConfigError (the CLI's one-line error) that a budget sweep can tell from a mistake by type
+    assert isinstance(floor.value, ConfigError) and floor.value.unit == "MMACs"
+    assert floor.value.budget == 1e-6 < floor.value.floor and f"{floor.value.floor:.4g} MMACs" in str(floor.value)
     with pytest.raises(DataError, match="one-shot iterator"):
         edgeprune.prune(model, iter(batches), target="macs", budget_ratio=0.5, config=FAST)
     with pytest.raises(DataError, match="float NCHW"):
