@@ -3,8 +3,10 @@ baselines, and the data a checkpoint is calibrated and scored on."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import edgeprune
 from edgeprune import data
 from edgeprune.profiling.latency import host_identity
+from edgeprune.types import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +73,24 @@ def load_with_data(checkpoint: Path, calib_images: int, test_images: int, split:
                          mean=spec.input.mean, std=spec.input.std, shuffle=False)
     test = data.open(f"{dname}:{split}", labels=True, size=spec.input.hw, limit=test_images)
     return model, spec, calib, test
+
+
+def progress_lines(label: str, every_s: float = 300.0, *, clock: Callable[[], float] = time.monotonic,
+                   out: Callable[..., None] = print) -> Callable[[Progress], None]:
+    """An ``on_progress`` callback for a long row (a VGG-Small row runs two hours): one line at
+    a stage's first tick, at the end of each phase, and otherwise at most every ``every_s``
+    seconds, with the minutes since the first tick and the step's numbers, so a log shows the
+    row moving and how far it has to go."""
+    t0 = clock()
+    last: dict = {"stage": None, "at": -math.inf}
+
+    def tick(p: Progress) -> None:
+        now = clock()
+        if p.stage == last["stage"] and p.step < p.total and now - last["at"] < every_s:
+            return
+        last.update(stage=p.stage, at=now)
+        nums = ", ".join(f"{k} {v:.4g}" for k, v in p.metrics.items() if isinstance(v, (int, float)))
+        out(f"{label}: {p.stage} step {p.step}/{p.total} at {(now - t0) / 60:.1f} min"
+            + (f" ({nums})" if nums else ""), flush=True)
+
+    return tick

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _bench import ROOT, merge_rows, provenance, rows_with_host
+from _bench import ROOT, merge_rows, progress_lines, provenance, rows_with_host
 from bench_pruning import (
     ABLATIONS,
     BUDGETS,
@@ -153,7 +153,8 @@ def _run_model(name: str, a, tmp: Path, keep: Callable[[str, dict, dict], None])
                        "command": a.command, "commit": a.commit, "config": cfg.to_dict()}
                 t0 = time.perf_counter()
                 try:
-                    res = edgeprune.prune(teacher, batches, target="macs", budget_ratio=r, config=cfg)
+                    res = edgeprune.prune(teacher, batches, target="macs", budget_ratio=r, config=cfg,
+                                          on_progress=progress_lines(f"{name} {label} {r:.3f} seed {seed}"))
                 except BudgetBelowFloorError as e:  # below the floor: a row that says so, and the run goes on
                     print(f"{name} {label} {r:.3f} seed {seed}: infeasible: {e}", flush=True)
                     rows.append({**row, "infeasible": str(e)})

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import ROOT, merge_rows, provenance, rows_with_host
+from _bench import ROOT, merge_rows, progress_lines, provenance, rows_with_host
 
 import edgeprune
 from edgeprune import data
@@ -346,7 +346,8 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
     t0 = time.perf_counter()
     try:
         res = edgeprune.prune(cx.teacher, batches, target="macs" if macs else cx.t,
-                              profile=None if macs else cx.profile, budget_ratio=r, config=cfg)
+                              profile=None if macs else cx.profile, budget_ratio=r, config=cfg,
+                              on_progress=progress_lines(f"{cx.name} {label} {r}x seed {seed}"))
     except BudgetBelowFloorError as e:  # below the floor: a row that says so, and the run goes on
         print(f"{cx.name} {label} {r}x: infeasible: {e}", flush=True)
         return _row(cx, label, r, seed, labels=False, finetune_epochs=0, infeasible=str(e)), None, None

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_paper_table as pt  # noqa: E402
 
 from edgeprune.errors import BudgetBelowFloorError, ConfigError  # noqa: E402
+from edgeprune.types import Progress  # noqa: E402
 
 BASE = {"macs": 1000, "params": 200, "top1_val": 0.95, "top1_test": 0.94, "top1_holdout": 0.96}
 
@@ -61,7 +62,7 @@ def _stub(monkeypatch, prune, evaluate, **args) -> SimpleNamespace:
 def test_a_ratio_below_the_floor_is_a_row_that_says_why_and_the_run_goes_on(monkeypatch, tmp_path, capsys):
     floor = "budget 0.4 MMACs is below the smallest reachable 1.2 MMACs (0.03x ...); raise the budget"
 
-    def prune(teacher, batches, *, target, budget_ratio, config):
+    def prune(teacher, batches, *, target, budget_ratio, config, on_progress):
         if budget_ratio < 0.1:
             raise BudgetBelowFloorError(floor, budget=0.4, floor=1.2, unit="MMACs")
         return SimpleNamespace(model=teacher, undistilled=None, removed_blocks=[],
@@ -78,7 +79,7 @@ def test_a_ratio_below_the_floor_is_a_row_that_says_why_and_the_run_goes_on(monk
     assert "| resnet20 | edgeprune | 0 | 0.010 | infeasible: budget 0.4 MMACs is below the smallest reachable " \
            "1.2 MMACs (0.03x ...) | | | | | | |" in pt.table(rows)
 
-    def other(teacher, batches, *, target, budget_ratio, config):
+    def other(teacher, batches, *, target, budget_ratio, config, on_progress):
         raise ConfigError("feature_points ['x'] are not layers of the model")
     monkeypatch.setattr(pt.edgeprune, "prune", other)
     with pytest.raises(ConfigError, match="feature_points"):  # only the floor is a row; a bug stops the run
@@ -92,8 +93,9 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_ev
     undistilled = nn.Linear(1, 1)
     calls = []
 
-    def prune(teacher, batches, *, target, budget_ratio, config):
+    def prune(teacher, batches, *, target, budget_ratio, config, on_progress):
         calls.append((target, budget_ratio, config))
+        on_progress(Progress("prune", 1, 10, {"MMACs": 12.5, "sparsity": 0.25}))
         return SimpleNamespace(model=pruned, undistilled=undistilled, removed_blocks=[],
                                to_dict=lambda: {"widths_after": {"conv": 8}})
 
@@ -115,7 +117,9 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_ev
     assert row["top1_val_before_distill"] == 0.5 and row["config"]["distill_epochs"] == 8
     assert row["method"] == "edgeprune: + distill 8" and row["labels"] is False
     assert base["teacher"] == "resnet20-shapes" and base["params"] == 272_474
-    assert "(-5.00)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(-5.00)" in out
+    assert "resnet20 edgeprune: + distill 8 0.400 seed 3: prune step 1/10 at 0.0 min (MMACs 12.5, sparsity 0.25)" in out
 
 
 @pytest.mark.parametrize("bad", ["1.0", "0", "nan", "-0.2"])

@@ -16,6 +16,9 @@ from tests.nets import randomize_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_pruning as bench  # noqa: E402
+from _bench import progress_lines  # noqa: E402
+
+from edgeprune.types import Progress  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +325,7 @@ def _stub_prune(cx, monkeypatch, seen: dict, top1=None, **result):
     ``seen`` and returns a result with ``result``'s fields (by default the teacher, nothing
     distilled); returns the row context for ``_edgeprune``, scoring with ``top1`` if given."""
 
-    def prune(teacher, batches, *, target, profile, budget_ratio, config):
+    def prune(teacher, batches, *, target, profile, budget_ratio, config, on_progress):
         seen["config"] = config
         return SimpleNamespace(**{"model": teacher, "distill": None, "undistilled": None,
                                   "budget": 1.0, "internal_budget": 1.0, "cost_unit": "ms",
@@ -367,3 +370,17 @@ def test_a_distilled_row_records_val_top1_of_the_same_widths_before_distillation
     assert model is after and row["top1_val"] == 0.9 and row["top1_val_before_distill"] == 0.8
     assert (before, "val") in scored and all(split == "val" for m, split in scored if m is before)
     assert "val 90.00% (80.00% before distillation)" in capsys.readouterr().out
+
+
+def test_progress_lines_print_each_stage_start_each_phase_end_and_otherwise_every_interval():
+    now, lines = [0.0], []
+    tick = progress_lines("vgg 0.3", every_s=300, clock=lambda: now[0], out=lambda s, flush: lines.append(s))
+    for t, step, total in [(1, 1, 100), (100, 2, 100), (299, 3, 100), (302, 4, 100), (400, 50, 50)]:
+        now[0] = t
+        tick(Progress("prune", step, total, {"ms": 0.41234, "sparsity": 0.5, "note": "text"}))
+    now[0] = 401
+    tick(Progress("distill", 1, 10, {}))
+    assert lines == ["vgg 0.3: prune step 1/100 at 0.0 min (ms 0.4123, sparsity 0.5)",
+                     "vgg 0.3: prune step 4/100 at 5.0 min (ms 0.4123, sparsity 0.5)",
+                     "vgg 0.3: prune step 50/50 at 6.7 min (ms 0.4123, sparsity 0.5)",
+                     "vgg 0.3: distill step 1/10 at 6.7 min"]
