@@ -3,7 +3,6 @@ baselines, and the data a checkpoint is calibrated and scored on."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -79,10 +78,10 @@ def progress_lines(label: str, every_s: float = 300.0, *, clock: Callable[[], fl
                    out: Callable[..., None] = print) -> Callable[[Progress], None]:
     """An ``on_progress`` callback for a long row (a VGG-Small row runs two hours): one line at
     a stage's first tick, at the end of each phase, and otherwise at most every ``every_s``
-    seconds, with the minutes since the first tick and the step's numbers, so a log shows the
+    seconds, with the minutes since the row started and the step's numbers, so a log shows the
     row moving and how far it has to go."""
     t0 = clock()
-    last: dict = {"stage": None, "at": -math.inf}
+    last: dict = {"stage": None, "at": t0}
 
     def tick(p: Progress) -> None:
         now = clock()
