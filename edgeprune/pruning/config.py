@@ -45,6 +45,12 @@ class PruneConfig:
     on ResNet-20 at 0.5x it cut layer3 further and lost 4 points of val top-1
     (bench/results/pruning_ablations.json, "edgeprune: one student").
 
+    ``lr_check`` (default on): before training, a copy of the model is distilled from the
+    teacher for 8 steps at ``lr``; if that moves it more than 0.05 nats (mean KL on the
+    held-out batches) from the teacher, the rate is divided by sqrt(10) and tried again,
+    down to lr / 100. The rate used and the trials are in ``PruneResult.lr`` / ``lr_check``
+    and a lowered rate is said in ``notes``. The same check guards ``distill_lr``.
+
     ``distill_epochs`` > 0 adds a last phase: after removal (and after the closed loop, so
     the widths it measured are the ones returned), the pruned model learns from the frozen
     teacher's logits alone (tau^2 KL at ``tau``; SGD with Nesterov momentum, a one-cycle
@@ -61,6 +67,9 @@ class PruneConfig:
     epochs: int = 5
     steps: int | None = None
     lr: float = 0.01
+    # before training, lower lr (and distill_lr before distilling) to the largest rate that
+    # 8 distillation steps of a copy can take without leaving the teacher (docs/pruning.md)
+    lr_check: bool = True
     momentum: float = 0.9
     weight_decay: float = 5e-4
     tau: float = 4.0
@@ -168,7 +177,7 @@ class PruneConfig:
             if isinstance(fp, str) or not all(isinstance(p, str) and p for p in fp):
                 raise bad("feature_points", "None or a sequence of module paths")
             object.__setattr__(self, "feature_points", tuple(fp))
-        for name in ("feature_loss", "mutual_learning", "latency_weighting", "dynamic_set"):
+        for name in ("feature_loss", "mutual_learning", "latency_weighting", "dynamic_set", "lr_check"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
         if not isinstance(self.device, str) or not self.device:

@@ -60,6 +60,10 @@ class PruneResult:
     # steps, seconds, heldout_kl_before / heldout_kl_after (mean KL to the teacher on the
     # held-out batches); None when off
     distill: dict[str, Any] | None = None
+    # the peak learning rate the students trained at (PruneConfig.lr, or lower where the
+    # learning-rate check lowered it) and the check's trials: lr, heldout_kl_before, heldout_kl_after
+    lr: float | None = None
+    lr_check: tuple[dict[str, float], ...] = field(default=())
     # the pruned model as it was before that distillation (the same widths, so the same cost):
     # what distillation added can be judged on the same channels; None when off
     undistilled: nn.Module | None = None
@@ -101,6 +105,7 @@ class PruneResult:
             "left_sparse_set": self.left_sparse_set, "regrown": self.regrown,
             "removable_blocks": list(self.removable_blocks),
             "removed_blocks": list(self.removed_blocks), "distill": self.distill,
+            "lr": self.lr, "lr_check": list(self.lr_check),
             "steps": self.steps, "seconds": self.seconds,
             "config": self.config.to_dict(), "notes": list(self.notes),
             "history": list(self.history),
@@ -145,8 +150,10 @@ class PruneResult:
         d = self.distill
         if not d:
             return []
+        lowered = (f" (lowered from {self.config.distill_lr:g} by the learning-rate check)"
+                   if d["lr"] != self.config.distill_lr else "")
         return [f"distilled from the teacher after removal (no labels): {d['epochs']} epoch(s), "
-                f"{d['steps']} steps at peak lr {d['lr']:g} in {d['seconds']:.0f} s; held-out KL to "
+                f"{d['steps']} steps at peak lr {d['lr']:g}{lowered} in {d['seconds']:.0f} s; held-out KL to "
                 f"the teacher {d['heldout_kl_before']:.4f} -> {d['heldout_kl_after']:.4f}"]
 
     def _ramp_line(self) -> list[str]:
