@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -753,7 +754,13 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
         heldout.append(input_of(batch))
         if len(heldout) == cfg.heldout_batches:
             break
-    n_batches = len(data) if hasattr(data, "__len__") else len(heldout) + sum(1 for _ in it)
+    # the learning-rate check's batches: the first training batches of this same pass (no
+    # extra pass over the data, so the passes the training sees are the ones it saw before)
+    probe = [input_of(b) for b in itertools.islice(it, LR_CHECK_STEPS)] if cfg.lr_check else []
+    if world > 1:
+        probe = [x.tensor_split(world)[rank] for x in probe]
+    n_batches = (len(data) if hasattr(data, "__len__")
+                 else len(heldout) + len(probe) + sum(1 for _ in it))
     train_batches = n_batches - cfg.heldout_batches
     if train_batches < 1:
         raise DataError(f"pruning data has {n_batches} batch(es); need more than "
@@ -762,9 +769,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * train_batches
     pruner.prepare(heldout, total_steps, world=world)
     if cfg.lr_check:
-        if on_progress is not None:
-            on_progress(Progress("lr check", 0, LR_CHECK_TRIES, {"lr": cfg.lr}))
-        pruner.check_lr(_probe_batches(data, cfg.heldout_batches, world, rank))
+        pruner.check_lr(probe)
 
     def train_until(until: int) -> None:
         while pruner.step_count < until:
@@ -787,7 +792,7 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
 
     def finish(result: PruneResult) -> PruneResult:
         if cfg.distill_epochs:
-            model, record = distill(result.model, pruner.teacher, data, cfg=cfg, heldout=heldout,
+            model, record = distill(result.model, pruner.teacher, data, cfg=cfg, heldout=heldout, probe=probe,
                                     steps=cfg.distill_epochs * train_batches, world=world,
                                     rank=rank, on_progress=on_progress)
             result = dataclasses.replace(result, model=model, distill=record, undistilled=result.model)
@@ -864,12 +869,14 @@ def run(model: nn.Module, data: Iterable, *, cost: Cost, budget: float, target: 
 
 def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneConfig,
             heldout: Sequence[torch.Tensor], steps: int, world: int = 1, rank: int = 0,
+            probe: Sequence[torch.Tensor] = (),
             on_progress: Callable[[Progress], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of the pruned ``model`` trained ``steps`` steps on the frozen ``teacher``'s
     logits alone (``kd_loss`` at ``cfg.tau``; no label is read), skipping the held-out
     batches of every pass; SGD with Nesterov momentum (weight decay on weights, not on
     BatchNorm or biases) under a one-cycle cosine schedule peaking at ``cfg.distill_lr`` (or
-    the lower rate :func:`stable_lr` finds, with ``cfg.lr_check``). Returns it on the CPU in
+    the lower rate :func:`stable_lr` finds on ``probe``, this rank's slices of training
+    batches, with ``cfg.lr_check``; none given: the first of a pass). Returns it on the CPU in
     eval mode, frozen, with a record: epochs, lr (the peak used), lr_check (the check's
     trials), steps, seconds and the mean KL to the teacher on the held-out batches before and
     after."""
@@ -877,7 +884,7 @@ def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneC
     device = next(teacher.parameters()).device
     peak, trials = cfg.distill_lr, []
     if cfg.lr_check:
-        peak, trials = stable_lr(model, teacher, _probe_batches(data, cfg.heldout_batches, world, rank),
+        peak, trials = stable_lr(model, teacher, probe or _probe_batches(data, cfg.heldout_batches, world, rank),
                                  heldout, lr=cfg.distill_lr, momentum=cfg.momentum,
                                  weight_decay=cfg.weight_decay, tau=cfg.tau, world=world)
     student = copy.deepcopy(model).to(device)

@@ -17,7 +17,7 @@ from edgeprune.errors import BudgetBelowFloorError, ConfigError, DataError
 from edgeprune.graph.layers import layer_units
 from edgeprune.pruning import PruneConfig, PruneResult
 from edgeprune.pruning.cost import Cost
-from edgeprune.pruning.pruner import run, stage_outputs
+from edgeprune.pruning.pruner import LR_CHECK_KL, run, stable_lr, stage_outputs
 from tests.nets import FAST, CatSE, committed_profile_here, random_batches, randomize_bn, small_cnn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -456,6 +456,51 @@ def test_distillation_after_removal_trains_the_pruned_widths_on_the_teacher_alon
     assert "nothing was fine-tuned" in off.to_markdown() and "distilled" not in str(off)
 
 
+def test_the_learning_rate_check_lowers_a_rate_the_model_cannot_take_and_says_so(tmp_path):
+    """PruneConfig.lr_check: at lr 10 a copy of small_cnn leaves the teacher within 8 steps
+    (its KL explodes); the check divides by sqrt(10) until the copy stays within LR_CHECK_KL,
+    the students train at that rate, the result records the trials and a note says it. The
+    check draws its batches from the pass that holds out the first batches: no extra pass."""
+    cost = _MacsLike(small_cnn())
+    kw = dict(cost=cost, budget=0.5 * cost(), target="t", round_to=1)
+    high = run(small_cnn(), random_batches(), config=FAST.replace(lr=10.0), **kw)
+    assert high.lr == pytest.approx(10 / 10 ** 0.5)
+    first, last = high.lr_check[0], high.lr_check[-1]
+    assert first["lr"] == 10.0 and first["heldout_kl_after"] - first["heldout_kl_before"] > LR_CHECK_KL
+    assert last["lr"] == high.lr and last["heldout_kl_after"] - last["heldout_kl_before"] <= LR_CHECK_KL
+    assert max(h["lr"] for h in high.history) <= high.lr  # the cosine peaks at the lowered rate
+    assert any(n.startswith("lr lowered from 10 to 3.16 by the learning-rate check") for n in high.notes)
+    assert high.to_dict()["lr"] == high.lr and len(high.to_dict()["lr_check"]) == 2
+    # a rate the model takes is kept after one trial; lr_check=False skips the check
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, size=(160, 16, 16, 3), dtype=np.uint8))
+    batches = data.Batches(data.open(str(tmp_path / "x.npy"), size=(16, 16)), 16, fixed_batches=2)
+    kept = run(small_cnn(), batches, config=FAST, **kw)
+    passes = batches.passes
+    off = run(small_cnn(), batches, config=FAST.replace(lr_check=False), **kw)
+    assert kept.lr == 0.01 and len(kept.lr_check) == 1 and not any("lowered" in n for n in kept.notes)
+    assert off.lr == 0.01 and off.lr_check == ()
+    assert batches.passes - passes == passes  # the same passes over the data with the check as without
+
+
+def test_stable_lr_refuses_when_even_a_hundredth_of_the_rate_diverges():
+    model = small_cnn().eval()
+    b = random_batches()
+    with pytest.raises(ConfigError, match=r"learning rate 10000 and every rate down to 100 diverge"):
+        stable_lr(model, model, b[2:], b[:2], lr=1e4, momentum=0.9, weight_decay=5e-4, tau=4.0)
+    with pytest.raises(DataError, match="at least one training batch"):
+        stable_lr(model, model, [], b[:2], lr=0.01, momentum=0.9, weight_decay=5e-4, tau=4.0)
+
+
+def test_the_learning_rate_check_guards_distillation_too():
+    cost = _MacsLike(small_cnn())
+    res = run(small_cnn(), random_batches(), cost=cost, budget=0.5 * cost(), target="t", round_to=1,
+              config=FAST.replace(distill_epochs=1, distill_lr=10.0))
+    d = res.distill
+    assert d["lr"] == pytest.approx(10 / 10 ** 0.5) and [t["lr"] for t in d["lr_check"]] == [10.0, d["lr"]]
+    assert "peak lr 3.16228 (lowered from 10 by the learning-rate check)" in str(res)
+    assert res.lr == 0.01  # the pruning rate is checked on its own
+
+
 def test_labels_in_batches_are_ignored():
     batches = random_batches()
     with_labels = [(x, torch.zeros(len(x), dtype=torch.long)) for x in batches]
@@ -476,6 +521,7 @@ def test_labels_in_batches_are_ignored():
     ({"verify_strict": 1}, "verify_strict=1"),
     ({"distill_epochs": -1}, "distill_epochs=-1"),
     ({"distill_lr": 0.0}, "distill_lr=0.0"),
+    ({"lr_check": "yes"}, "lr_check='yes'"),
 ])
 def test_config_validation(change, msg):
     with pytest.raises(ConfigError, match=msg):
