@@ -995,8 +995,8 @@ def stable_lr(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tens
             return trial, trials
     raise ConfigError(
         f"learning rate {lr:g} and every rate down to {trials[-1]['lr']:.3g} diverge: {len(batches)} "
-        f"distillation steps moved a copy of the model {trials[-1]['heldout_kl_after']:.3g} nats from the "
-        f"teacher (mean KL on the held-out batches; the check allows {LR_CHECK_KL}); check that the "
+        f"distillation steps moved a copy of the model {trials[-1]['heldout_kl_after'] - trials[-1]['heldout_kl_before']:.3g} "
+        f"nats from the teacher (mean KL on the held-out batches; the check allows {LR_CHECK_KL}); check that the "
         "inputs are normalised as in training, or set a lower rate and lr_check=False")
 
 
