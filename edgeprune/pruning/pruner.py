@@ -950,12 +950,14 @@ def stable_lr(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tens
     """The largest of ``lr``, lr/sqrt(10), ..., lr/100 at which distilling a copy of ``model``
     from the frozen ``teacher`` (SGD with Nesterov momentum, KD at ``tau``, one step per
     batch of ``batches``, ``LR_CHECK_STEPS`` of them) raises its mean KL to the teacher on the
-    ``heldout`` batches by at most ``LR_CHECK_KL`` nats. ``model`` is not touched.
+    ``heldout`` batches by at most ``LR_CHECK_KL`` nats, measured with the copy's BatchNorm
+    running statistics put back to ``model``'s (the drift of the parameters, not of the
+    statistics the steps collected). ``model`` is not touched.
 
     A rate the model cannot take shows at once: on VGG-Small (a linear classifier on 8,192
-    features) 8 steps at 0.01 moved the copy 83-156 nats from the teacher, at 0.003 0.04-0.07
-    (near the edge: 25x the drift at 0.001), at 0.001 0.0014; ResNet-20/56 and MobileNetV2
-    moved 0.003-0.017 nats at 0.01 and under 0.1 at 0.03 (the shapes baselines). Returns (the rate, one
+    features) 8 steps at 0.01 moved the copy hundreds of nats from the teacher, at 0.001
+    under 0.01; the ResNets and MobileNetV2 of the bench moved under 0.02 at 0.01
+    (``scripts/bench_lr_check.py``, docs/pruning.md). Returns (the rate, one
     record per rate tried: lr, heldout_kl_before, heldout_kl_after). Raises ConfigError when
     even lr/100 diverges."""
     device = next(teacher.parameters()).device
@@ -989,6 +991,12 @@ def stable_lr(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tens
             loss.backward()
             _average_across_ranks((p.grad for p in m.parameters() if p.grad is not None), world)
             opt.step()
+        # the running statistics the steps collected on the training batches are not the rate's
+        # doing (a random-init network on noise moved 0.6 nats at lr/100 by them alone): measure
+        # the parameters' drift with the model's own statistics
+        with torch.no_grad():
+            for b, b0 in zip(m.buffers(), model.buffers(), strict=True):
+                b.copy_(b0)
         after = heldout_kl(m)
         trials.append({"lr": trial, "heldout_kl_before": before, "heldout_kl_after": after})
         if after - before <= LR_CHECK_KL:  # False for NaN: a NaN is a divergence

@@ -491,6 +491,17 @@ def test_stable_lr_refuses_when_even_a_hundredth_of_the_rate_diverges():
         stable_lr(model, model, [], b[:2], lr=0.01, momentum=0.9, weight_decay=5e-4, tau=4.0)
 
 
+def test_the_learning_rate_check_measures_the_parameters_not_the_batchnorm_statistics():
+    """Train-mode steps on data unlike what the BatchNorms have seen move their running
+    statistics whatever the rate; the check puts them back before measuring, so a rate too
+    small to move any parameter is kept (a CLI test's random ResNet on noise was refused at
+    lr/100 before)."""
+    model = small_cnn().eval()
+    b = [5 + 10 * x for x in random_batches()]
+    lr, trials = stable_lr(model, model, b[2:], b[:2], lr=1e-9, momentum=0.9, weight_decay=5e-4, tau=4.0)
+    assert lr == 1e-9 and len(trials) == 1 and abs(trials[0]["heldout_kl_after"]) < 1e-6
+
+
 def test_the_learning_rate_check_guards_distillation_too():
     cost = _MacsLike(small_cnn())
     res = run(small_cnn(), random_batches(), cost=cost, budget=0.5 * cost(), target="t", round_to=1,
