@@ -21,10 +21,12 @@ def test_bench_lr_check_writes_the_drift_per_rate_and_the_chosen_rate(tmp_path, 
     doc = json.loads(out.read_text())
     (row,) = doc["rows"]
     assert row["teacher"] == "resnet20-shapes" and set(row["drift_nats"]) == {str(r) for r in bench_lr_check.RATES}
-    # the chosen rate is the last trial's, the only one within the allowance; the trials
-    # divide the default by sqrt(10); the first trial is the drift at 0.01 on the same batches
+    # the last trial is the only one within the allowance; the chosen rate is it, or one step
+    # below it where the default failed; the trials divide the default by sqrt(10); the first
+    # trial is the drift at 0.01 on the same batches
     trials = row["trials"]
-    assert row["lr_from"] == 0.01 and row["lr_chosen"] == trials[-1]["lr"]
+    margin = 10 ** 0.5 if len(trials) > 1 else 1.0
+    assert row["lr_from"] == 0.01 and abs(row["lr_chosen"] * margin - trials[-1]["lr"]) < 1e-12
     assert [t["lr"] for t in trials] == [0.01 * 10 ** (-i / 2) for i in range(len(trials))]
     drift = [t["heldout_kl_after"] - t["heldout_kl_before"] for t in trials]
     assert drift[-1] <= LR_CHECK_KL and all(d > LR_CHECK_KL for d in drift[:-1])

@@ -48,7 +48,8 @@ class PruneConfig:
     ``lr_check`` (default on): before training, a copy of the model is distilled from the
     teacher for 8 steps at ``lr``; if that moves it more than 0.05 nats (mean KL on the
     held-out batches) from the teacher, the rate is divided by sqrt(10) and tried again,
-    down to lr / 100. The rate used and the trials are in ``PruneResult.lr`` / ``lr_check``
+    down to lr / 100, and the students train one step (sqrt(10)) below the first rate that
+    holds, for a margin. The rate used and the trials are in ``PruneResult.lr`` / ``lr_check``
     and a lowered rate is said in ``notes``. The same check guards ``distill_lr``.
 
     ``distill_epochs`` > 0 adds a last phase: after removal (and after the closed loop, so
