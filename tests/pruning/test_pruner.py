@@ -460,8 +460,8 @@ def test_the_learning_rate_check_lowers_a_rate_the_model_cannot_take_and_says_so
     """PruneConfig.lr_check: at lr 10 a copy of small_cnn leaves the teacher within 8 steps
     (its KL explodes); the check divides by sqrt(10) until the copy stays within LR_CHECK_KL,
     the students train one step below that rate (a margin), the result records the trials
-    and a note says it. The
-    check draws its batches from the pass that holds out the first batches: no extra pass."""
+    and a note says it. The check draws its batches from the pass that holds out the first
+    batches: no extra pass."""
     cost = _MacsLike(small_cnn())
     kw = dict(cost=cost, budget=0.5 * cost(), target="t", round_to=1)
     high = run(small_cnn(), random_batches(), config=FAST.replace(lr=10.0), **kw)
