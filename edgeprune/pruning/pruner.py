@@ -671,11 +671,8 @@ class Pruner:
                 gg.zero(torch.as_tensor(e))
             st.model.eval()
         kls = []
-        with torch.no_grad():
-            for st in students:
-                kl = [float(kd_loss(st.model(h.to(device)), teacher(h.to(device)), 1.0))
-                      for h in self.heldout]
-                kls.append(float(np.mean(kl)))
+        for st in students:
+            kls.append(_heldout_kl(st.model, teacher, self.heldout, device))
         best = int(np.argmin(kls))
         # removal and its lossless check run on the CPU in fp32: on a GPU, convolutions may use
         # TF32, whose rounding differs between the masked and the pruned shapes (~1e-2 on logits)
@@ -899,11 +896,9 @@ def distill(model: nn.Module, teacher: nn.Module, data: Iterable, *, cfg: PruneC
                                                 pct_start=0.15, anneal_strategy="cos",
                                                 div_factor=10.0, final_div_factor=100.0)
 
-    @torch.no_grad()
     def heldout_kl() -> float:
         student.eval()
-        return float(np.mean([float(kd_loss(student(h.to(device)), teacher(h.to(device)), 1.0))
-                              for h in heldout]))
+        return _heldout_kl(student, teacher, heldout, device)
 
     before = heldout_kl()
     student.train()
@@ -965,11 +960,9 @@ def stable_lr(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tens
     if not batches:
         raise DataError("the learning-rate check needs at least one training batch")
 
-    @torch.no_grad()
     def heldout_kl(m: nn.Module) -> float:
         m.eval()
-        kl = torch.tensor([float(np.mean([float(kd_loss(m(h.to(device)), teacher(h.to(device)), 1.0))
-                                          for h in heldout]))], dtype=torch.float64)
+        kl = torch.tensor([_heldout_kl(m, teacher, heldout, device)], dtype=torch.float64)
         _average_across_ranks([kl], world)  # every rank takes the same decision
         return float(kl)
 
@@ -1010,6 +1003,16 @@ def stable_lr(model: nn.Module, teacher: nn.Module, batches: Sequence[torch.Tens
         f"distillation steps moved a copy of the model {trials[-1]['heldout_kl_after'] - trials[-1]['heldout_kl_before']:.3g} "
         f"nats from the teacher (mean KL on the held-out batches; the check allows {LR_CHECK_KL}); check that the "
         "inputs are normalised as in training, or set a lower rate and lr_check=False")
+
+
+@torch.no_grad()
+def _heldout_kl(model: nn.Module, teacher: nn.Module, heldout: Sequence[torch.Tensor],
+                device: torch.device) -> float:
+    """Mean over the held-out batches of KL(teacher || model) at temperature 1 (``model`` in
+    whatever mode the caller left it): how the best student is picked, and what distillation
+    and the learning-rate check measure."""
+    return float(np.mean([float(kd_loss(model(h.to(device)), teacher(h.to(device)), 1.0))
+                          for h in heldout]))
 
 
 def lowered_lr_note(name: str, asked: float, used: float, trials: Sequence[dict[str, float]]) -> str:
