@@ -165,6 +165,8 @@ def _run_model(name: str, a, tmp: Path, keep: Callable[[str, dict, dict], None])
                             "top1_val_before_distill": None if res.undistilled is None else
                             evaluate(res.undistilled, splits["val"], input_spec=spec.input).top1,
                             "removed_blocks": list(res.removed_blocks),
+                            # the rate it trained at: the learning-rate check may lower config.lr
+                            "lr": res.lr, "lr_check": list(res.lr_check),
                             "widths_after": res.to_dict()["widths_after"]})
                 row.update(reductions(row, base))
                 print(f"{name} {label} {r:.3f} seed {seed}: {row['macs'] / 1e6:.2f} MMACs "

@@ -357,6 +357,7 @@ def _edgeprune(cx: _Ctx, r: float, seed: int, switches: dict, label: str):
     row = _row(cx, label, r, seed, labels=False, finetune_epochs=0, train_epochs=cfg.epochs,
                distill_epochs=cfg.distill_epochs, distill=res.distill,
                switches=switches, config=cfg.to_dict(), wall_s=round(wall, 1),
+               lr=res.lr, lr_check=list(res.lr_check),  # the rate trained at: the check may lower config.lr
                top1_val=cx.top1(res.model, "val"),
                # the same widths before the distillation phase: what it added (val only: a choice)
                top1_val_before_distill=None if res.undistilled is None else cx.top1(res.undistilled, "val"),

@@ -65,7 +65,7 @@ def test_a_ratio_below_the_floor_is_a_row_that_says_why_and_the_run_goes_on(monk
     def prune(teacher, batches, *, target, budget_ratio, config, on_progress):
         if budget_ratio < 0.1:
             raise BudgetBelowFloorError(floor, budget=0.4, floor=1.2, unit="MMACs")
-        return SimpleNamespace(model=teacher, undistilled=None, removed_blocks=[],
+        return SimpleNamespace(model=teacher, undistilled=None, removed_blocks=[], lr=0.01, lr_check=[],
                                to_dict=lambda: {"widths_after": {}})
 
     a = _stub(monkeypatch, prune, lambda m, src, input_spec: SimpleNamespace(top1=0.9),
@@ -96,7 +96,8 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_ev
     def prune(teacher, batches, *, target, budget_ratio, config, on_progress):
         calls.append((target, budget_ratio, config))
         on_progress(Progress("prune", 1, 10, {"MMACs": 12.5, "sparsity": 0.25}))
-        return SimpleNamespace(model=pruned, undistilled=undistilled, removed_blocks=[],
+        return SimpleNamespace(model=pruned, undistilled=undistilled, removed_blocks=[], lr=0.001,
+                               lr_check=[{"lr": 0.01, "heldout_kl_before": 0.0, "heldout_kl_after": 9.0}],
                                to_dict=lambda: {"widths_after": {"conv": 8}})
 
     def evaluate(model, src, input_spec):
@@ -115,6 +116,8 @@ def test_a_row_is_pruned_on_the_macs_target_with_the_variant_config_scored_on_ev
     assert (row["top1_val"], row["top1_test"], row["top1_holdout"]) == (0.9, 0.8, 0.7)
     assert math.isclose(row["change_val"], -5.0) and math.isclose(row["change_holdout"], -5.0)
     assert row["top1_val_before_distill"] == 0.5 and row["config"]["distill_epochs"] == 8
+    # the rate trained at, not only the one asked for (the learning-rate check lowered it)
+    assert row["lr"] == 0.001 and row["config"]["lr"] == 0.01 and row["lr_check"][0]["heldout_kl_after"] == 9.0
     assert row["method"] == "edgeprune: + distill 8" and row["labels"] is False
     assert base["teacher"] == "resnet20-shapes" and base["params"] == 272_474
     out = capsys.readouterr().out

@@ -329,7 +329,7 @@ def _stub_prune(cx, monkeypatch, seen: dict, top1=None, **result):
         seen["config"] = config
         return SimpleNamespace(**{"model": teacher, "distill": None, "undistilled": None,
                                   "budget": 1.0, "internal_budget": 1.0, "cost_unit": "ms",
-                                  "verify": [], "ramp_check": None, "history": [],
+                                  "verify": [], "ramp_check": None, "history": [], "lr": 0.01, "lr_check": [],
                                   "to_dict": lambda: {"widths_before": {}, "widths_after": {}},
                                   "group_widths_after": {}, "student": 0, "removed_blocks": [],
                                   **result})
@@ -352,6 +352,14 @@ def test_an_edgeprune_row_records_the_whole_config_it_ran(cx, monkeypatch, switc
     assert row["config"]["importance"] == importance and row["config"]["seed"] == 1
     assert row["switches"] == switches
     assert row["top1_val_before_distill"] is None
+
+
+def test_an_edgeprune_row_records_the_rate_it_trained_at(cx, monkeypatch):
+    """The learning-rate check may lower ``config.lr``: the row says which rate trained."""
+    trials = [{"lr": 0.01, "heldout_kl_before": 0.0, "heldout_kl_after": 9.0}]
+    fake = _stub_prune(cx, monkeypatch, {}, lr=0.001, lr_check=trials)
+    row, _, _ = bench._edgeprune(fake, 0.5, 0, {}, "edgeprune")
+    assert row["lr"] == 0.001 and row["config"]["lr"] == 0.01 and row["lr_check"] == trials
 
 
 def test_a_distilled_row_records_val_top1_of_the_same_widths_before_distillation(cx, monkeypatch, capsys):
