@@ -670,9 +670,7 @@ class Pruner:
             for gg, e in zip(st.gates, st.sparse, strict=True):
                 gg.zero(torch.as_tensor(e))
             st.model.eval()
-        kls = []
-        for st in students:
-            kls.append(_heldout_kl(st.model, teacher, self.heldout, device))
+        kls = [_heldout_kl(st.model, teacher, self.heldout, device) for st in students]
         best = int(np.argmin(kls))
         # removal and its lossless check run on the CPU in fp32: on a GPU, convolutions may use
         # TF32, whose rounding differs between the masked and the pruned shapes (~1e-2 on logits)
