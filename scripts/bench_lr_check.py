@@ -1,12 +1,12 @@
 """What the pruner's learning-rate check sees on the committed baselines: how far 8 steps of
 distillation at each rate move a copy of the teacher (mean KL in nats on the held-out
-batches), and the rate the check chooses from the default 0.01. The batches are the ones
+batches), and the rate the check chooses from the default 0.01 (or ``--lr``). The batches are the ones
 ``edgeprune.prune`` uses: the bench's augmented shapes:train batches of 64, the first two held
 out, the next eight trained on. Accuracy is not involved; it runs in a few minutes on a CPU.
 Prints a table and writes bench/results/lr_check.json (rows of another teacher, batch size,
-seed or host are kept).
+seed, starting rate or host are kept).
 
-    .venv/bin/python scripts/bench_lr_check.py [--teachers vgg_small-shapes ...] [--seed 0]
+    .venv/bin/python scripts/bench_lr_check.py [--teachers vgg_small-shapes ...] [--seed 0] [--lr 0.01]
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teachers", nargs="+", default=TEACHERS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=PruneConfig().lr,
+                    help="the rate the check starts from (default: PruneConfig's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lr_check.json"))
     a = ap.parse_args(argv)
-    cfg = PruneConfig()
+    if not a.lr > 0:
+        ap.error(f"--lr {a.lr:g}: give a positive learning rate, e.g. --lr 0.01")
+    cfg = PruneConfig(lr=a.lr)
     rows = []
     for name in a.teachers:
         teacher = edgeprune.load(ROOT / "bench" / "baselines" / name / "model.safetensors").eval()
@@ -67,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
            "what": (f"mean KL (nats) to the teacher on {cfg.heldout_batches} held-out batches after "
                     f"{LR_CHECK_STEPS} distillation steps of a copy at each rate; the check allows "
                     f"{LR_CHECK_KL}"), "threads": torch.get_num_threads(),
-           "rows": merge_rows(rows_with_host(old), rows, key=lambda r: (r["teacher"], r["batch_size"], r["seed"]))}
+           "rows": merge_rows(rows_with_host(old), rows,
+                              key=lambda r: (r["teacher"], r["batch_size"], r["seed"], r["lr_from"]))}
     write_json(out, doc)
-    print("\n| teacher | batch | " + " | ".join(f"drift at {lr}" for lr in RATES) + " | rate chosen |")
+    print("\n| teacher | batch | " + " | ".join(f"drift at {lr}" for lr in RATES) + " | rate chosen from |")
     print("|---|---:|" + "---:|" * (len(RATES) + 1))
     for r in rows:
         print(f"| {r['teacher']} | {r['batch_size']} | "
-              + " | ".join(f"{r['drift_nats'][str(lr)]:.4g}" for lr in RATES) + f" | {r['lr_chosen']:.3g} |")
+              + " | ".join(f"{r['drift_nats'][str(lr)]:.4g}" for lr in RATES)
+              + f" | {r['lr_chosen']:.3g} from {r['lr_from']:g} |")
     print(f"\nwrote {a.out}")
     return 0
 

@@ -46,7 +46,7 @@ class PruneConfig:
     (bench/results/pruning_ablations.json, "edgeprune: one student").
 
     ``lr_check`` (default on): before training, a copy of the model is distilled from the
-    teacher for 8 steps at ``lr``; if that moves it more than 0.05 nats (mean KL on the
+    teacher for 8 steps at ``lr``; if that moves it more than 1 nat (mean KL on the
     held-out batches) from the teacher, the rate is divided by sqrt(10) and tried again,
     down to lr / 100, and the students train one step (sqrt(10)) below the first rate that
     holds, for a margin. The rate used and the trials are in ``PruneResult.lr`` / ``lr_check``
