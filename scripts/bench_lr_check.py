@@ -4,9 +4,9 @@ batches), and the rate the check chooses from the default 0.01 (or ``--lr``). Th
 ``edgeprune.prune`` uses: the bench's augmented shapes:train batches of 64, the first two held
 out, the next eight trained on. Accuracy is not involved; it runs in a few minutes on a CPU.
 One offset: ``Batches`` reshuffles each pass with seed + pass number and this script reads a
-fresh pass 0, so a pruning run whose check reads its second pass (seed S + 1) sees this
-script's ``--seed S+1`` (the seed-0 VGG-Small paper-table row recorded the ``--seed 1``
-drifts to seven digits).
+fresh pass 0, while ``edgeprune.prune`` first draws one batch for the input shape (a pass
+started), so its check reads pass 1: a run with seed S sees this script's ``--seed S+1``
+(the seed-0 VGG-Small paper-table row recorded the ``--seed 1`` drifts to seven digits).
 Prints a table and writes bench/results/lr_check.json (rows of another teacher, batch size,
 seed, starting rate or host are kept).
 
