@@ -28,6 +28,7 @@ import edgeprune
 from edgeprune import data
 from edgeprune._io import write_json
 from edgeprune.data import input_of
+from edgeprune.errors import ConfigError
 from edgeprune.pruning import PruneConfig
 from edgeprune.pruning.pruner import LR_CHECK_KL, LR_CHECK_STEPS, stable_lr
 
@@ -44,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the rate the check starts from (default: PruneConfig's)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lr_check.json"))
     a = ap.parse_args(argv)
-    if not a.lr > 0:
-        ap.error(f"--lr {a.lr:g}: give a positive learning rate, e.g. --lr 0.01")
-    cfg = PruneConfig(lr=a.lr)
+    try:
+        cfg = PruneConfig(lr=a.lr)  # PruneConfig's own check of the rate, said as a usage error
+    except ConfigError as e:
+        ap.error(f"--lr {a.lr:g}: {e}")
     rows = []
     for name in a.teachers:
         teacher = edgeprune.load(ROOT / "bench" / "baselines" / name / "model.safetensors").eval()

@@ -46,7 +46,9 @@ def test_bench_lr_check_writes_the_drift_per_rate_and_the_chosen_rate(tmp_path, 
     assert kept["lr_chosen"] == 0.01 and len(kept["trials"]) == 1
 
 
-def test_bench_lr_check_refuses_a_rate_that_is_not_positive(capsys):
+@pytest.mark.parametrize("lr", ["0", "-0.01", "inf", "nan"])
+def test_bench_lr_check_refuses_a_rate_that_is_not_finite_and_positive(capsys, lr):
     with pytest.raises(SystemExit) as e:
-        bench_lr_check.main(["--lr", "0", "--teachers", "resnet20-shapes"])
-    assert e.value.code == 2 and "--lr 0: give a positive learning rate" in capsys.readouterr().err
+        bench_lr_check.main(["--lr", lr, "--teachers", "resnet20-shapes"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--lr {float(lr):g}: PruneConfig.lr=" in err and "need a finite number > 0" in err
