@@ -2,7 +2,8 @@
 
 Prediction for a model (any pruned variant of the profiled architecture):
 
-    predicted_ms = layer_scale * (sum over layers of table[signature].lookup(c_in, c_out))
+    predicted_ms = layer_scale * (sum over layers at or above round_to of their table lookup)
+                   + narrow_scale * (sum over layers pruned below round_to of their table lookup)
                    + remainder_intercept_ms
 
 Layer points are single-layer models converted with edgeprune's own converters and timed on
@@ -13,6 +14,15 @@ measurements of the full model and of uniformly thinned copies. The scale is how
 hot in cache between runs, and on ONNX Runtime an isolated layer also pays the layout
 reorders that a network pays once. The intercept is what the tables do not hold and does not
 scale with the layers: the whole model's invoke overhead, pooling, the head.
+
+``narrow_scale`` is the same for layers with a prunable width below ``round_to``, fitted with
+the calibration copy at ``round_to / 4`` channels per group (the one network made of them). A
+runtime may run such a layer differently inside a network than alone: ONNX Runtime's NCHWc
+transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose output is narrower
+than a block with a reorder to plain NCHW, and the next conv takes the NCHW path; a grid-width
+network pays no reorder between its convs. One scale for both under-priced the narrow layers
+(on the AVX-512 AMD host every pruned ResNet-20 variant low, by more the more groups were
+below 16 channels). A profile from before this scale reads it as ``layer_scale``.
 """
 
 from __future__ import annotations
@@ -118,6 +128,9 @@ class LatencyProfile:
     # that measured it ({kind: {axis: fit_step(...) + where}}); None: a file from before
     # steps were measured
     steps: dict[str, dict[str, dict[str, Any]]] | None = None
+    # layer_scale for layers pruned below round_to (module docstring); None: layer_scale (a
+    # profile from before it was fitted)
+    narrow_scale: float | None = None
 
     # ---- prediction ---------------------------------------------------------------------
 
@@ -186,21 +199,32 @@ class LatencyProfile:
         a layer at (0, 0) belongs to a removed residual block and costs nothing (the block's
         add stays in the remainder: the prediction is conservative by that much)."""
         widths = widths or {}
-        total = 0.0
+        grid = narrow = 0.0
         for u in units:
             ci, co = widths.get(u.path, (u.c_in, u.c_out))
             if ci and co:
-                total += self.layer_ms(u, ci, co)
-        return self.layer_scale * total + self.remainder_intercept_ms
+                ms = self.layer_ms(u, ci, co)
+                if _narrow(u, ci, co, self.target.round_to):
+                    narrow += ms
+                else:
+                    grid += ms
+        return self.layer_scale * grid + self._narrow_scale * narrow + self.remainder_intercept_ms
+
+    @property
+    def _narrow_scale(self) -> float:
+        return self.layer_scale if self.narrow_scale is None else self.narrow_scale
 
     def predict_ms(self, model: nn.Module) -> float:
         """Predicted latency of ``model`` (widths read from its layers) on the target."""
         return self.predict_units(self.units(model))
 
     def breakdown(self, model: nn.Module) -> dict[str, float]:
-        """Each layer's share of the prediction (its table latency times ``layer_scale``) and
-        the intercept as ``"(remainder)"`` (it can be negative: see the module docstring)."""
-        out = {u.path: self.layer_scale * self.layer_ms(u) for u in self.units(model)}
+        """Each layer's share of the prediction (its table latency times ``layer_scale``, or
+        ``narrow_scale`` below round_to) and the intercept as ``"(remainder)"`` (it can be
+        negative: see the module docstring)."""
+        r = self.target.round_to
+        out = {u.path: (self._narrow_scale if _narrow(u, u.c_in, u.c_out, r) else self.layer_scale)
+               * self.layer_ms(u) for u in self.units(model)}
         out["(remainder)"] = self.remainder_intercept_ms
         return out
 
@@ -215,8 +239,8 @@ class LatencyProfile:
                     if "convert_s" in self.build else ""),
                  f"  {len(self.tables)} tables, {sum(t.points() for t in self.tables.values())} "
                  f"points, invoke overhead {self.overhead_ms:.4f} ms",
-                 f"  layers x {self.layer_scale:.4f} in the network, remainder "
-                 f"{self.remainder_intercept_ms:+.4f} ms"]
+                 f"  layers x {self.layer_scale:.4f} in the network (below {self.target.round_to} "
+                 f"channels x {self._narrow_scale:.4f}), remainder {self.remainder_intercept_ms:+.4f} ms"]
         if self.steps is not None:
             lines.append("  channel steps: " + "; ".join(
                 f"{kind} {axis} {_step_str(st)}"
@@ -252,7 +276,8 @@ class LatencyProfile:
             "build": self.build,
             "overhead_ms": self.overhead_ms,
             "remainder": {"intercept_ms": self.remainder_intercept_ms,
-                          "layer_scale": self.layer_scale},
+                          "layer_scale": self.layer_scale,
+                          **({} if self.narrow_scale is None else {"narrow_scale": self.narrow_scale})},
             "calibration": list(self.calibration),
             "layers": self.layers,
             "tables": {s: t.to_dict() for s, t in sorted(self.tables.items())},
@@ -284,6 +309,8 @@ class LatencyProfile:
                 overhead_ms=float(d["overhead_ms"]),
                 remainder_intercept_ms=float(d["remainder"]["intercept_ms"]),
                 layer_scale=float(d["remainder"]["layer_scale"]),
+                narrow_scale=(None if d["remainder"].get("narrow_scale") is None
+                              else float(d["remainder"]["narrow_scale"])),
                 calibration=tuple(dict(c) for c in d.get("calibration", ())),
                 build_s=float(d.get("build_s", 0.0)), created=str(d.get("created", "")),
                 edgeprune_version=str(d.get("edgeprune_version", "")), source=d["source"],
@@ -656,10 +683,12 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             calib.append({"keep": keep, **({"width": thin} if keep is None else {}),
                           "blocks_removed": len(removed), "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
-                          "layers_ms": sum(partial.layer_ms(u) for u in vu)})
-    intercept, scale = _fit_remainder(calib)
+                          "layers_ms": sum(partial.layer_ms(u) for u in vu),
+                          "narrow_ms": sum(partial.layer_ms(u) for u in vu
+                                           if _narrow(u, u.c_in, u.c_out, t.round_to))})
+    intercept, scale, narrow_scale = _fit_remainder(calib)
     for c in calib:
-        c["predicted_ms"] = scale * c["layers_ms"] + intercept
+        c["predicted_ms"] = scale * (c["layers_ms"] - c["narrow_ms"]) + narrow_scale * c["narrow_ms"] + intercept
     return LatencyProfile(
         t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
         intercept, scale, tuple(calib), time.perf_counter() - t0,
@@ -672,8 +701,13 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
          "points_from_profile_cache": len(cached),
          "points_timed": len(keys), "probe_points": len(probe_keys),
          "probe_rounds": PROBE_ROUNDS},
-        steps=steps,
+        steps=steps, narrow_scale=narrow_scale,
     )
+
+
+def _narrow(u: LayerUnit, c_in: int, c_out: int, round_to: int) -> bool:
+    """Whether a layer has a prunable width below round_to (priced with ``narrow_scale``)."""
+    return (not u.fixed_in and c_in < round_to) or (not u.fixed_out and c_out < round_to)
 
 
 def layer_model(unit: LayerUnit, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
@@ -917,20 +951,29 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float]:
-    """Least squares of measured = intercept + scale x layer tables over the end-to-end
-    calibrations, in relative error (each row divided by its measurement): a prediction is
-    judged by its relative error, and in absolute terms the full model's row outweighs a thin
-    copy's 8x over, so the thin end was fitted loosest. A scale <= 0 (only a broken measurement
-    gives one) would predict that wider layers are free or faster; then the scale is 1 and the
-    intercept the mean gap."""
-    a = np.array([[1.0, c["layers_ms"]] for c in calib])
+def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float, float]:
+    """(intercept, scale, narrow_scale): least squares of measured = intercept + scale x the
+    layers at grid widths + narrow_scale x the layers below round_to (``narrow_ms``), over the
+    end-to-end calibrations, in relative error (each row divided by its measurement): a
+    prediction is judged by its relative error, and in absolute terms the full model's row
+    outweighs a thin copy's 8x over, so the thin end was fitted loosest. Without a calibration
+    that has narrow layers, or where the three-term fit gives a scale <= 0, the narrow layers
+    share the one scale. A scale <= 0 (only a broken measurement gives one) would predict that
+    wider layers are free or faster; then the scale is 1 and the intercept the mean gap."""
     b = np.array([c["measured_ms"] for c in calib])
+    total = np.array([c["layers_ms"] for c in calib])
+    narrow = np.array([c.get("narrow_ms", 0.0) for c in calib])
+    if np.any(narrow > 0) and np.any(narrow < total):
+        a3 = np.stack([np.ones_like(b), total - narrow, narrow], axis=1)
+        (intercept, scale, narrow_scale), *_ = np.linalg.lstsq(a3 / b[:, None], np.ones_like(b), rcond=None)
+        if scale > 0 and narrow_scale > 0:
+            return float(intercept), float(scale), float(narrow_scale)
+    a = np.stack([np.ones_like(b), total], axis=1)
     (intercept, scale), *_ = np.linalg.lstsq(a / b[:, None], np.ones_like(b), rcond=None)
     if not scale > 0:
         scale = 1.0
-        intercept = float(np.mean(b - a[:, 1]))
-    return float(intercept), float(scale)
+        intercept = float(np.mean(b - total))
+    return float(intercept), float(scale), float(scale)
 
 
 def dense_copy(model: nn.Module) -> nn.Module:

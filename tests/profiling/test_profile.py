@@ -482,16 +482,67 @@ def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
 
 
+def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini, tmp_path):
+    """The thin copy's layers (every group at round_to / 4) take ``narrow_scale``, the full
+    model's ``layer_scale``: changing one scale moves only the predictions that use it. A
+    profile written before the narrow scale (no such key) prices every layer with one scale."""
+    import dataclasses
+
+    from edgeprune.graph import group_structure, shrink_to_widths
+
+    model, prof = mini
+    x = torch.zeros(1, *SHAPE)
+    thin = shrink_to_widths(model, x, {g.name: prof.target.round_to // 4 for g in group_structure(model, x)})
+    assert prof.narrow_scale is not None and prof.narrow_scale > 0
+    other = dataclasses.replace(prof, narrow_scale=2 * prof.narrow_scale)
+    assert other.predict_ms(model) == pytest.approx(prof.predict_ms(model), rel=1e-12)
+    extra = other.predict_ms(thin) - prof.predict_ms(thin)
+    # every prunable width of the thin copy is below round_to: all its prunable layers move
+    narrow = sum(prof.layer_ms(u) for u in prof.units(thin) if not (u.fixed_in and u.fixed_out))
+    assert extra == pytest.approx(prof.narrow_scale * narrow, rel=1e-9) and extra > 0
+    assert sum(other.breakdown(thin).values()) == pytest.approx(other.predict_ms(thin))
+    assert f"x {prof.narrow_scale:.4f}" in str(prof)
+    d = prof.to_dict()
+    assert LatencyProfile.from_dict(d).narrow_scale == prof.narrow_scale
+    del d["remainder"]["narrow_scale"]
+    old = LatencyProfile.from_dict(d)
+    assert old.narrow_scale is None
+    units = old.units(thin)
+    one_scale = old.layer_scale * sum(old.layer_ms(u) for u in units) + old.remainder_intercept_ms
+    assert old.predict_ms(thin) == pytest.approx(one_scale, rel=1e-12)
+
+
 def test_remainder_fit_recovers_scale_and_intercept_golden():
     from edgeprune.profiling.latency import _fit_remainder
 
     calib = [{"layers_ms": v, "measured_ms": 1.1 * v - 0.05} for v in (2.0, 1.0, 0.4)]
-    intercept, scale = _fit_remainder(calib)
+    intercept, scale, narrow_scale = _fit_remainder(calib)
     assert scale == pytest.approx(1.1) and intercept == pytest.approx(-0.05)
+    assert narrow_scale == scale  # no calibration has layers below round_to: one scale
     # a non-positive scale would price wider layers as free: refused, gap kept as intercept
     broken = [{"layers_ms": v, "measured_ms": m} for v, m in ((2.0, 1.0), (1.0, 1.5), (0.4, 1.8))]
-    intercept, scale = _fit_remainder(broken)
-    assert scale == 1.0 and intercept == pytest.approx((-1.0 + 0.5 + 1.4) / 3)
+    intercept, scale, narrow_scale = _fit_remainder(broken)
+    assert scale == 1.0 == narrow_scale and intercept == pytest.approx((-1.0 + 0.5 + 1.4) / 3)
+
+
+def test_remainder_fit_gives_narrow_layers_their_own_scale_golden():
+    """Layers below round_to run 1.3x slower in the network than the grid-width ones (as ONNX
+    Runtime's reorders make them): the thin calibration's row recovers that scale, the grid
+    rows the other, and the intercept stays; one shared scale misses the thin copy by 18%."""
+    from edgeprune.profiling.latency import _fit_remainder
+
+    rows = [(2.0, 0.0), (1.0, 0.0), (0.4, 0.0), (0.3, 0.3), (0.2, 0.02)]  # (layers, of them narrow)
+    calib = [{"layers_ms": t, "narrow_ms": n, "measured_ms": 1.1 * (t - n) + 1.43 * n + 0.01} for t, n in rows]
+    intercept, scale, narrow_scale = _fit_remainder(calib)
+    assert (intercept, scale, narrow_scale) == pytest.approx((0.01, 1.1, 1.43))
+    shared = _fit_remainder([{k: v for k, v in c.items() if k != "narrow_ms"} for c in calib])
+    thin = calib[3]
+    assert shared[1] == shared[2] and (shared[1] * thin["layers_ms"] + shared[0]) / thin["measured_ms"] < 0.85
+    # a three-term fit that prices a kind of layer at <= 0 is not used: one scale again
+    bad = [dict(c) for c in calib]
+    bad[3]["measured_ms"] = 0.001
+    intercept, scale, narrow_scale = _fit_remainder(bad)
+    assert scale == narrow_scale > 0
 
 
 def test_remainder_fit_weighs_relative_error():
@@ -508,7 +559,7 @@ def test_remainder_fit_weighs_relative_error():
     a = np.array([[1.0, c["layers_ms"]] for c in calib])
     b = np.array([c["measured_ms"] for c in calib])
     absolute = rel_errors(*np.linalg.lstsq(a, b, rcond=None)[0])
-    fitted = rel_errors(*_fit_remainder(calib))
+    fitted = rel_errors(*_fit_remainder(calib)[:2])
     assert abs(absolute[-1]) > 0.08 and abs(fitted[-1]) < 0.03
     assert (fitted ** 2).sum() < (absolute ** 2).sum()
 
