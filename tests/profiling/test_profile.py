@@ -538,11 +538,13 @@ def test_remainder_fit_gives_narrow_layers_their_own_scale_golden():
     shared = _fit_remainder([{k: v for k, v in c.items() if k != "narrow_ms"} for c in calib])
     thin = calib[3]
     assert shared[1] == shared[2] and (shared[1] * thin["layers_ms"] + shared[0]) / thin["measured_ms"] < 0.85
-    # a three-term fit that prices a kind of layer at <= 0 is not used: one scale again
-    bad = [dict(c) for c in calib]
-    bad[3]["measured_ms"] = 0.001
-    intercept, scale, narrow_scale = _fit_remainder(bad)
-    assert scale == narrow_scale > 0
+    # a three-term fit that prices narrow layers below grid ones (the intercept traded against
+    # them) or at <= 0 is not used: one scale again
+    for thin_ms in (0.001, 0.3):
+        bad = [dict(c) for c in calib]
+        bad[3]["measured_ms"] = thin_ms
+        intercept, scale, narrow_scale = _fit_remainder(bad)
+        assert scale == narrow_scale > 0
 
 
 def test_remainder_fit_weighs_relative_error():
