@@ -192,6 +192,7 @@ def run_one(name: str, target_name: str, n_variants: int, seed: int, log, save: 
         "profile_fit": {"overhead_ms": round(prof.overhead_ms, 5),
                         "remainder_intercept_ms": round(prof.remainder_intercept_ms, 5),
                         "layer_scale": round(prof.layer_scale, 4),
+                        "narrow_scale": None if prof.narrow_scale is None else round(prof.narrow_scale, 4),
                         "calibration": [{k: (round(v, 5) if isinstance(v, float) else v)
                                          for k, v in c.items() if k != "pass_medians_ms"}
                                         | {"pass_medians_ms": [round(v, 5) for v in c["pass_medians_ms"]]}
