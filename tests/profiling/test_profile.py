@@ -482,7 +482,7 @@ def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
 
 
-def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini, tmp_path):
+def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini):
     """The thin copy's layers (every group at round_to / 4) take ``narrow_scale``, the full
     model's ``layer_scale``: changing one scale moves only the predictions that use it. A
     profile written before the narrow scale (no such key) prices every layer with one scale."""
