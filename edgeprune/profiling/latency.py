@@ -579,10 +579,19 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     example = torch.zeros(1, *shape)
     blocks = tuple(b.name for b in residual_blocks(model, example))
     thin = _thin_width(t.round_to)
-    calibrations: list[tuple[float | None, tuple[str, ...]]] = [(keep, ()) for keep in CALIBRATION_KEEP]
+    groups = group_structure(model, example)
+    # (keep, width, blocks removed): keep None is every group at `width` channels
+    calibrations: list[tuple[float | None, int | None, tuple[str, ...]]] = [
+        (keep, None, ()) for keep in CALIBRATION_KEEP]
     if blocks:
-        calibrations.append((CALIBRATION_KEEP[-1], blocks))
-    calibrations.append((None, ()))  # keep None: every group at `thin` channels
+        calibrations.append((CALIBRATION_KEEP[-1], None, blocks))
+    # the channel floor (every group at round_to), where the thinnest keep does not reach it
+    # (VGG-Small, MobileNetV2): a small grid-width network, so the intercept is not drawn from
+    # wide copies alone (without it VGG-Small's floor network was predicted below zero)
+    if any(_round_width(g.width * CALIBRATION_KEEP[-1], t.round_to, g.width) > min(g.width, t.round_to)
+           for g in groups):
+        calibrations.append((None, t.round_to, ()))
+    calibrations.append((None, thin, ()))
     n_calib = len(calibrations)
     n_twins = len(_derivable(to_convert, t))  # one derived twin per derived signature is timed
     probe_keys = sorted({(p.unit.signature, ci, co) for p in probes.values() for ci, co in p.points()})
@@ -648,13 +657,12 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
                                  steps=steps)
         # scale and intercept: end-to-end measurements of the full model, thinned copies and
         # (a model with residual blocks) the thinnest copy without its blocks
-        groups = group_structure(model, example)
         variants, calib_paths, calib_cached = [], [], 0
         c0 = time.perf_counter()
-        for i, (keep, removed) in enumerate(calibrations):
+        for i, (keep, width, removed) in enumerate(calibrations):
             variant = model
             if keep is None:
-                variant = shrink_to_widths(model, example, {g.name: min(g.width, thin) for g in groups})
+                variant = shrink_to_widths(model, example, {g.name: min(g.width, width) for g in groups})
             elif keep < 1.0:
                 widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
                 variant = shrink_to_widths(model, example, widths)
@@ -670,7 +678,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             else:
                 path = convert_for(variant, t, Path(d) / f"full{i}{suffix}", example)
                 calib_paths.append(path if key is None else lcache.put_network(key, t, path))
-            tick(f"convert end-to-end {_calib_name(keep, thin)}"
+            tick(f"convert end-to-end {_calib_name(keep, width)}"
                  + (f", {len(removed)} blocks removed" if removed else ""))
         convert_s += time.perf_counter() - c0
         m0 = time.perf_counter()
@@ -678,9 +686,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
                                      on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
         measure_s += time.perf_counter() - m0
         calib = []
-        for (keep, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
+        for (keep, width, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
-            calib.append({"keep": keep, **({"width": thin} if keep is None else {}),
+            calib.append({"keep": keep, **({"width": width} if keep is None else {}),
                           "blocks_removed": len(removed), "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
                           "layers_ms": sum(partial.layer_ms(u) for u in vu),

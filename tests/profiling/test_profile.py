@@ -482,6 +482,26 @@ def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
 
 
+def test_a_model_whose_thinnest_copy_is_above_the_channel_floor_is_calibrated_at_the_floor_too():
+    """keep 0.3 of 96 channels is 32, not the floor of 16: without a row at the floor the
+    intercept came from wide copies alone (VGG-Small's floor network was predicted below
+    zero); the floor copy is a calibration, predicted as its row says. At 32 channels (the
+    other tests' TinyNet) keep 0.3 is the floor, and there is no extra row."""
+    from edgeprune.graph import group_structure, shrink_to_widths
+
+    torch.manual_seed(0)
+    model = randomize_bn(TinyNet(width=96))
+    prof = profile(model, target="host-onnxruntime", input_shape=SHAPE, max_points=2)
+    r = prof.target.round_to
+    assert [(c["keep"], c.get("width")) for c in prof.calibration] == [
+        (1.0, None), (0.6, None), (0.3, None), (None, r), (None, r // 4)]
+    x = torch.zeros(1, *SHAPE)
+    floor = shrink_to_widths(model, x, {g.name: r for g in group_structure(model, x)})
+    row = prof.calibration[3]
+    assert prof.predict_ms(floor) == pytest.approx(row["predicted_ms"], rel=1e-9)
+    assert row["measured_ms"] > 0 and row["narrow_ms"] == 0 and f"{r} channels per group" in str(prof)
+
+
 def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini):
     """The thin copy's layers (every group at round_to / 4) take ``narrow_scale``, the full
     model's ``layer_scale``: changing one scale moves only the predictions that use it. A
