@@ -655,8 +655,9 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
                                  {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
                                  steps=steps)
-        # scale and intercept: end-to-end measurements of the full model, thinned copies and
-        # (a model with residual blocks) the thinnest copy without its blocks
+        # scales and intercept: end-to-end measurements of the full model, thinned copies,
+        # (a model with residual blocks) the thinnest copy without its blocks, the copy at the
+        # channel floor (where keep 0.3 is wider) and the one at round_to / 4
         variants, calib_paths, calib_cached = [], [], 0
         c0 = time.perf_counter()
         for i, (keep, width, removed) in enumerate(calibrations):
