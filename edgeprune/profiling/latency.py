@@ -2,8 +2,8 @@
 
 Prediction for a model (any pruned variant of the profiled architecture):
 
-    predicted_ms = layer_scale * (sum over layers at or above round_to of their table lookup)
-                   + narrow_scale * (sum over layers pruned below round_to of their table lookup)
+    predicted_ms = layer_scale * (sum over the other layers of their table lookup)
+                   + narrow_scale * (sum over layers whose output is pruned below round_to)
                    + remainder_intercept_ms
 
 Layer points are single-layer models converted with edgeprune's own converters and timed on
@@ -15,14 +15,19 @@ hot in cache between runs, and on ONNX Runtime an isolated layer also pays the l
 reorders that a network pays once. The intercept is what the tables do not hold and does not
 scale with the layers: the whole model's invoke overhead, pooling, the head.
 
-``narrow_scale`` is the same for layers with a prunable width below ``round_to``, fitted with
-the calibration copy at ``round_to / 4`` channels per group (the one network made of them). A
-runtime may run such a layer differently inside a network than alone: ONNX Runtime's NCHWc
-transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose output is narrower
-than a block with a reorder to plain NCHW, and the next conv takes the NCHW path; a grid-width
-network pays no reorder between its convs. One scale for both under-priced the narrow layers
-(on the AVX-512 AMD host every pruned ResNet-20 variant low, by more the more groups were
-below 16 channels). A profile from before this scale reads it as ``layer_scale``.
+``narrow_scale`` is the same for layers whose prunable output is narrower than ``round_to``,
+fitted with the calibration copy at ``round_to / 4`` channels per group (the one network made
+of them). A runtime may run such a layer differently inside a network than alone: ONNX
+Runtime's NCHWc transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose
+output is narrower than a block with a reorder to plain NCHW; a grid-width network pays no
+reorder between its convs. One scale for both under-priced the narrow layers (on the
+AVX-512 AMD host every pruned ResNet-20 variant low, by more the more groups were below 16
+channels). The layer after it, reading the narrow input, is not in the term: it takes
+another kernel path (NCHW input), but its own table point was timed on that path, and in the
+thin copy, where every layer is narrow on both sides, the reorders are one per layer, where a
+pruned network has one per narrow output. Pricing both sides over-predicted ResNet-20 off
+the grid on ONNX Runtime by up to 13.6% on variants that re-timed alike (docs/profiles.md).
+A profile from before this scale reads it as ``layer_scale``.
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ class LatencyProfile:
             ci, co = widths.get(u.path, (u.c_in, u.c_out))
             if ci and co:
                 ms = self.layer_ms(u, ci, co)
-                if _narrow(u, ci, co, self.target.round_to):
+                if _narrow(u, co, self.target.round_to):
                     narrow += ms
                 else:
                     grid += ms
@@ -220,10 +225,10 @@ class LatencyProfile:
 
     def breakdown(self, model: nn.Module) -> dict[str, float]:
         """Each layer's share of the prediction (its table latency times ``layer_scale``, or
-        ``narrow_scale`` below round_to) and the intercept as ``"(remainder)"`` (it can be
+        ``narrow_scale`` for an output below round_to) and the intercept as ``"(remainder)"`` (it can be
         negative: see the module docstring)."""
         r = self.target.round_to
-        out = {u.path: (self._narrow_scale if _narrow(u, u.c_in, u.c_out, r) else self.layer_scale)
+        out = {u.path: (self._narrow_scale if _narrow(u, u.c_out, r) else self.layer_scale)
                * self.layer_ms(u) for u in self.units(model)}
         out["(remainder)"] = self.remainder_intercept_ms
         return out
@@ -694,7 +699,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
                           "pass_medians_ms": list(st.pass_medians_ms),
                           "layers_ms": sum(partial.layer_ms(u) for u in vu),
                           "narrow_ms": sum(partial.layer_ms(u) for u in vu
-                                           if _narrow(u, u.c_in, u.c_out, t.round_to))})
+                                           if _narrow(u, u.c_out, t.round_to))})
     intercept, scale, narrow_scale = _fit_remainder(calib)
     for c in calib:
         c["predicted_ms"] = scale * (c["layers_ms"] - c["narrow_ms"]) + narrow_scale * c["narrow_ms"] + intercept
@@ -714,9 +719,12 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     )
 
 
-def _narrow(u: LayerUnit, c_in: int, c_out: int, round_to: int) -> bool:
-    """Whether a layer has a prunable width below round_to (priced with ``narrow_scale``)."""
-    return (not u.fixed_in and c_in < round_to) or (not u.fixed_out and c_out < round_to)
+def _narrow(u: LayerUnit, c_out: int, round_to: int) -> bool:
+    """Whether a layer's prunable output is narrower than round_to (priced with
+    ``narrow_scale``). Only the output: what a network adds around a narrow layer follows it
+    (ONNX Runtime's reorder to NCHW), and a layer that only reads a narrow input has its own
+    kernel for that in its table point (module docstring)."""
+    return not u.fixed_out and c_out < round_to
 
 
 def layer_model(unit: LayerUnit, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
@@ -962,13 +970,13 @@ def _worker_env() -> dict[str, str]:
 
 def _fit_remainder(calib: list[dict[str, float]]) -> tuple[float, float, float]:
     """(intercept, scale, narrow_scale): least squares of measured = intercept + scale x the
-    layers at grid widths + narrow_scale x the layers below round_to (``narrow_ms``), over the
+    other layers + narrow_scale x the layers with an output below round_to (``narrow_ms``), over the
     end-to-end calibrations, in relative error (each row divided by its measurement): a
     prediction is judged by its relative error, and in absolute terms the full model's row
     outweighs a thin copy's 8x over, so the thin end was fitted loosest. Without a calibration
     that has narrow layers, or where the three-term fit prices narrow layers below grid ones
     (narrow_scale < scale), the narrow layers share the one scale: the term is there for what
-    a runtime adds around narrow layers in a network (reorders, another kernel path), and a
+    a runtime adds after narrow layers in a network (a layout reorder), and a
     cheaper narrow layer is the fit trading that term against the intercept, which few
     calibrations of a small network cannot tell apart (user_net on ONNX Runtime: intercept
     27% of the network, narrow_scale 0.2; its off-grid row fell from 73% to 47% within 10%).

@@ -517,8 +517,9 @@ def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini):
     other = dataclasses.replace(prof, narrow_scale=2 * prof.narrow_scale)
     assert other.predict_ms(model) == pytest.approx(prof.predict_ms(model), rel=1e-12)
     extra = other.predict_ms(thin) - prof.predict_ms(thin)
-    # every prunable width of the thin copy is below round_to: all its prunable layers move
-    narrow = sum(prof.layer_ms(u) for u in prof.units(thin) if not (u.fixed_in and u.fixed_out))
+    # every prunable output of the thin copy is below round_to: all those layers move (the
+    # classifier only reads a narrow input, and keeps layer_scale)
+    narrow = sum(prof.layer_ms(u) for u in prof.units(thin) if not u.fixed_out)
     assert extra == pytest.approx(prof.narrow_scale * narrow, rel=1e-9) and extra > 0
     assert sum(other.breakdown(thin).values()) == pytest.approx(other.predict_ms(thin))
     assert f"x {prof.narrow_scale:.4f}" in str(prof)
@@ -530,6 +531,23 @@ def test_layers_below_round_to_are_priced_with_the_narrow_scale(mini):
     units = old.units(thin)
     one_scale = old.layer_scale * sum(old.layer_ms(u) for u in units) + old.remainder_intercept_ms
     assert old.predict_ms(thin) == pytest.approx(one_scale, rel=1e-12)
+
+
+def test_only_a_narrow_output_makes_a_layer_narrow():
+    """A layer is priced with ``narrow_scale`` when its prunable output is below round_to: the
+    runtime's extra work follows a narrow output (ONNX Runtime's reorder to NCHW). A layer that
+    only reads a narrow input (a block's second conv, a classifier) keeps ``layer_scale``: its
+    narrow-input kernel is in its own table point."""
+    from edgeprune.graph.layers import LayerUnit
+    from edgeprune.profiling.latency import _narrow
+
+    conv = LayerUnit("c", "conv", "sig", 16, 16, (8, 8), (8, 8), (3, 3))
+    assert _narrow(conv, 4, 16) and _narrow(conv, 15, 16)
+    assert not _narrow(conv, 16, 16) and not _narrow(conv, 20, 16)
+    head = LayerUnit("fc", "linear", "sig", 4, 10, (1, 1), (1, 1), fixed_out=True)
+    assert not _narrow(head, 10, 16)  # a fixed class count is never pruned
+    stem = LayerUnit("s", "conv", "sig", 3, 16, (8, 8), (8, 8), (3, 3), fixed_in=True)
+    assert _narrow(stem, 8, 16)
 
 
 def test_remainder_fit_recovers_scale_and_intercept_golden():
