@@ -204,20 +204,21 @@ class LatencyProfile:
         a layer at (0, 0) belongs to a removed residual block and costs nothing (the block's
         add stays in the remainder: the prediction is conservative by that much)."""
         widths = widths or {}
-        grid = narrow = 0.0
+        total = 0.0
         for u in units:
             ci, co = widths.get(u.path, (u.c_in, u.c_out))
             if ci and co:
-                ms = self.layer_ms(u, ci, co)
-                if _narrow(u, co, self.target.round_to):
-                    narrow += ms
-                else:
-                    grid += ms
-        return self.layer_scale * grid + self._narrow_scale * narrow + self.remainder_intercept_ms
+                total += self._scale(u, co) * self.layer_ms(u, ci, co)
+        return total + self.remainder_intercept_ms
 
     @property
     def _narrow_scale(self) -> float:
         return self.layer_scale if self.narrow_scale is None else self.narrow_scale
+
+    def _scale(self, unit: LayerUnit, c_out: int) -> float:
+        """The scale of ``unit`` at output width ``c_out``: ``narrow_scale`` for a prunable
+        output below round_to, else ``layer_scale``."""
+        return self._narrow_scale if _narrow(unit, c_out, self.target.round_to) else self.layer_scale
 
     def predict_ms(self, model: nn.Module) -> float:
         """Predicted latency of ``model`` (widths read from its layers) on the target."""
@@ -227,9 +228,7 @@ class LatencyProfile:
         """Each layer's share of the prediction (its table latency times ``layer_scale``, or
         ``narrow_scale`` for an output below round_to) and the intercept as ``"(remainder)"`` (it can be
         negative: see the module docstring)."""
-        r = self.target.round_to
-        out = {u.path: (self._narrow_scale if _narrow(u, u.c_out, r) else self.layer_scale)
-               * self.layer_ms(u) for u in self.units(model)}
+        out = {u.path: self._scale(u, u.c_out) * self.layer_ms(u) for u in self.units(model)}
         out["(remainder)"] = self.remainder_intercept_ms
         return out
 
@@ -593,8 +592,8 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     # the channel floor (every group at round_to), where the thinnest keep does not reach it
     # (VGG-Small, MobileNetV2): a small grid-width network, so the intercept is not drawn from
     # wide copies alone (without it VGG-Small's floor network was predicted below zero)
-    if any(_round_width(g.width * CALIBRATION_KEEP[-1], t.round_to, g.width) > min(g.width, t.round_to)
-           for g in groups):
+    if _calib_widths(groups, CALIBRATION_KEEP[-1], None, t.round_to) != \
+            _calib_widths(groups, None, t.round_to, t.round_to):
         calibrations.append((None, t.round_to, ()))
     calibrations.append((None, thin, ()))
     n_calib = len(calibrations)
@@ -666,12 +665,8 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         variants, calib_paths, calib_cached = [], [], 0
         c0 = time.perf_counter()
         for i, (keep, width, removed) in enumerate(calibrations):
-            variant = model
-            if keep is None:
-                variant = shrink_to_widths(model, example, {g.name: min(g.width, width) for g in groups})
-            elif keep < 1.0:
-                widths = {g.name: _round_width(g.width * keep, t.round_to, g.width) for g in groups}
-                variant = shrink_to_widths(model, example, widths)
+            widths = _calib_widths(groups, keep, width, t.round_to)
+            variant = model if widths is None else shrink_to_widths(model, example, widths)
             if removed:
                 variant = remove_blocks(variant, removed)
             variants.append(variant)
@@ -1019,6 +1014,16 @@ def dense_copy(model: nn.Module) -> nn.Module:
 
 def _round_width(w: float, round_to: int, full: int) -> int:
     return int(min(full, max(round_to, round_to * round(w / round_to))))
+
+
+def _calib_widths(groups, keep: float | None, width: int | None, round_to: int) -> dict[str, int] | None:
+    """A calibration copy's group widths: ``keep`` of each group rounded to round_to, or
+    (keep None) every group at ``width`` channels; None for the full model (keep 1.0)."""
+    if keep is None:
+        return {g.name: min(g.width, width) for g in groups}
+    if keep < 1.0:
+        return {g.name: _round_width(g.width * keep, round_to, g.width) for g in groups}
+    return None
 
 
 def _cache_points(cache: LatencyProfile | None, t: Target, version: str,
