@@ -169,18 +169,22 @@ class LatencyProfile:
                             self._share(unit, table, "c_out", c_out))
 
     def _share(self, unit: LayerUnit, table: LayerTable, axis: str, width: int) -> list[float] | None:
-        """The measured step on ``axis`` for ``unit``'s kind (None: not needed). A width off
-        the grid (not measured, not a multiple of round_to) needs one: without it the
+        """The measured step on ``axis`` for ``unit``'s kind and kernel (None: not needed). A
+        width off the grid (not measured, not a multiple of round_to) needs one: without it the
         prediction would interpolate across a latency step, so it is refused. A width below
         round_to takes the first step's own probe (from zero channels): runtimes use other
-        kernels for a few channels than past a full tile."""
+        kernels for a few channels than past a full tile. A profile from before steps were
+        measured per kernel keys them by kind alone, and prices every kernel with that probe."""
         if table.kind == "dwconv" and axis == "c_out":
             return None  # a depthwise layer's c_out is its c_in
         grid = table.c_in if axis == "c_in" else table.c_out
         r = self.target.round_to
         if width in grid or width % r == 0:
             return None
-        st = (self.steps or {}).get(table.kind, {}).get(axis, {})
+        key = _step_key(unit)
+        if self.steps is not None and key not in self.steps and table.kind in self.steps:
+            key = table.kind  # a file keyed by kind
+        st = (self.steps or {}).get(key, {}).get(axis, {})
         if width < r:
             st = st.get("first", {})
         share = st.get("share")
@@ -188,8 +192,8 @@ class LatencyProfile:
             return share
         if self.steps is None:
             why = "was made before edgeprune measured channel steps"
-        elif not self.steps.get(table.kind, {}).get(axis):
-            why = (f"has no measured step for the {axis} of {table.kind} layers (every profiled "
+        elif not self.steps.get(key, {}).get(axis):
+            why = (f"has no measured step for the {axis} of {key} layers (every profiled "
                    "layer had it fixed)")
         else:
             why = f"was made before edgeprune measured the first step (1..{r - 1} channels)"
@@ -431,9 +435,17 @@ def _read_share(v: dict[str, Any], round_to: int, where: str) -> None:
         v.update(fit_step(ms[0], ms[1:-1], ms[-1]))
 
 
+def _step_key(u: LayerUnit) -> str:
+    """What a channel step is measured per: the kind of layer and, for a conv, its kernel
+    (``conv:k1x1``). Runtimes take other paths for other kernels: on ONNX Runtime (AVX-512
+    AMD host) a 1x1 conv reading 8 or 12 channels cost 1.4-1.7x what the 3x3 probe's first
+    step priced it at (slower than at 16 channels), where a 3x3 conv steps about linearly."""
+    return u.kind if u.kind == "linear" else f"{u.kind}:k{u.kernel[0]}x{u.kernel[1]}"
+
+
 def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, str], _Probe]:
-    """Where to measure how latency steps, per kind of layer and prunable axis: the layer of
-    that kind with the most work per channel pair (its geometry), timed at a grid width
+    """Where to measure how latency steps, per kind of layer and kernel (:func:`_step_key`) and
+    prunable axis: the layer of that key with the most work per channel pair (its geometry), timed at a grid width
     ``b = 2 x round_to``, at every width up to ``b + round_to``; the other axis at ``b`` (a
     classifier keeps its fixed class count). And the first step, at every width from 1 to
     round_to: below one full tile a runtime may take other kernels (on this project's AVX2
@@ -441,9 +453,10 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, st
     9-15), so the step past ``b`` does not describe it."""
     b = 2 * round_to
     plan = {}
-    for kind in sorted({u.kind for u in units}):
+    for key in sorted({_step_key(u) for u in units}):
+        kind = next(u.kind for u in units if _step_key(u) == key)
         for axis in (("c_in",) if kind == "dwconv" else ("c_in", "c_out")):
-            cand = [u for u in units if u.kind == kind
+            cand = [u for u in units if _step_key(u) == key
                     and not (u.fixed_in if axis == "c_in" else u.fixed_out)]
             if not cand:
                 continue
@@ -458,7 +471,7 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, st
             def at(w: int, axis: str = axis, other: int = other) -> tuple[int, int]:
                 return (w, other) if axis == "c_in" else (other, w)
 
-            plan[(kind, axis)] = _Probe(u, [at(w) for w in range(b, b + round_to + 1)],
+            plan[(key, axis)] = _Probe(u, [at(w) for w in range(b, b + round_to + 1)],
                                         [at(w) for w in range(1, round_to + 1)])
     return plan
 
@@ -466,15 +479,15 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, st
 def _fit_steps(probes: dict[tuple[str, str], _Probe],
                points: dict[tuple[str, int, int], float]) -> dict[str, dict[str, dict[str, Any]]]:
     steps: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for (kind, axis), p in probes.items():
+    for (key, axis), p in probes.items():
         def width(pt: tuple[int, int], axis: str = axis) -> int:
             return pt[0] if axis == "c_in" else pt[1]
 
         ms = [points[(p.unit.signature, ci, co)] for ci, co in p.step]
         first = [points[(p.unit.signature, ci, co)] for ci, co in p.first]
-        steps[kind][axis] = {
+        steps[key][axis] = {
             "signature": p.unit.signature, "widths": [width(pt) for pt in p.step],
-            "other_width": None if kind == "dwconv" else p.step[0][1] if axis == "c_in" else p.step[0][0],
+            "other_width": None if p.unit.kind == "dwconv" else p.step[0][1] if axis == "c_in" else p.step[0][0],
             **fit_step(ms[0], ms[1:-1], ms[-1]),
             # from zero channels (which cost nothing: the tables hold a layer's own time)
             "first": {"widths": [0, *(width(pt) for pt in p.first)], **fit_step(0.0, first[:-1], first[-1])}}

@@ -103,8 +103,8 @@ def _edit(path, fn):
     (lambda d: d["layers"].update({"stem.0": "conv:nowhere"}), "lacks"),
     (lambda d: d.update(runtime_version="0.0.1"), "re-profile"),
     (lambda d: d["target"].update(runtime="tvm"), "runtime = 'tvm'"),
-    (lambda d: d["steps"]["conv"]["c_out"].update(share=[0.0, 1.0]), "steps are malformed"),
-    (lambda d: d["steps"]["conv"].update(c_mid=d["steps"]["conv"]["c_out"]), "steps are malformed"),
+    (lambda d: d["steps"]["conv:k1x1"]["c_out"].update(share=[0.0, 1.0]), "steps are malformed"),
+    (lambda d: d["steps"]["conv:k1x1"].update(c_mid=d["steps"]["conv:k1x1"]["c_out"]), "steps are malformed"),
 ])
 def test_schema_errors(mini, tmp_path, edit, msg):
     _, prof = mini
@@ -157,15 +157,18 @@ def test_other_architecture_is_refused(mini):
         prof.predict_ms(models.create("resnet20"))
 
 
-def test_the_profile_measures_how_latency_steps_per_kind_of_layer(mini):
+def test_the_profile_measures_how_latency_steps_per_kind_of_layer_and_kernel(mini):
     _, prof = mini
     r = prof.target.round_to
-    # TinyNet: the stem's c_in and the classifier's classes are fixed, every other axis prunes
+    # TinyNet: the stem's c_in and the classifier's classes are fixed, every other axis prunes;
+    # the 3x3 stem and the 1x1 conv are probed apart
     assert {k: sorted(a) for k, a in prof.steps.items()} == \
-        {"conv": ["c_in", "c_out"], "dwconv": ["c_in"], "linear": ["c_in"]}
-    for kind, axes in prof.steps.items():
+        {"conv:k1x1": ["c_in", "c_out"], "conv:k3x3": ["c_out"], "dwconv:k3x3": ["c_in"], "linear": ["c_in"]}
+    for key, axes in prof.steps.items():
+        kind = key.split(":")[0]
         for st in axes.values():
             assert st["signature"] in prof.tables and prof.tables[st["signature"]].kind == kind
+            assert st["signature"].startswith(key)
             assert st["widths"] == list(range(2 * r, 3 * r + 1)) and len(st["measured_ms"]) == r + 1
             assert len(st["share"]) == r + 1 and (st["share"][0], st["share"][-1]) == (0.0, 1.0)
             assert st["flat"] or st["irregular"] or r % st["step"] == 0
@@ -174,7 +177,7 @@ def test_the_profile_measures_how_latency_steps_per_kind_of_layer(mini):
             assert all(v >= 0 for v in first["measured_ms"])  # a tiny layer may time at the overhead
             assert kind != "conv" or first["measured_ms"][-1] > 0
             assert len(first["share"]) == r + 1 and (first["share"][0], first["share"][-1]) == (0.0, 1.0)
-    assert prof.build["probe_points"] == 4 * (2 * r + 1)
+    assert prof.build["probe_points"] == 5 * (2 * r + 1) - 1  # conv:k1x1's two probes share (2r, 2r)
 
 
 def _with_steps(prof, tile):
@@ -197,17 +200,55 @@ def test_a_loaded_profile_refits_its_steps_from_the_probe(mini, tmp_path):
           0.313791, 0.322899, 0.326905, 0.260176, 0.341998, 0.349148, 0.354731, 0.254638]
     path = prof.save(tmp_path / "p.json")
     stale = [0.0, *(round(2.2941 * math.ceil(d / 4) * 4 / 16, 4) for d in range(1, 16)), 1.0]
-    _edit(path, lambda d: d["steps"]["conv"]["c_in"].update(
+    _edit(path, lambda d: d["steps"]["conv:k1x1"]["c_in"].update(
         measured_ms=ms, share=stale, step=4, height=2.2941, irregular=False))
-    st = LatencyProfile.load(path).steps["conv"]["c_in"]
+    st = LatencyProfile.load(path).steps["conv:k1x1"]["c_in"]
     assert st["irregular"] and st["step"] is None
     assert st["share"][12] == pytest.approx(1.067, abs=1e-3) and st["share"] != stale
     # the first step is refitted from its own probe too
-    _edit(path, lambda d: d["steps"]["conv"]["c_in"]["first"].update(
+    _edit(path, lambda d: d["steps"]["conv:k1x1"]["c_in"]["first"].update(
         measured_ms=[0.0, *ms[1:]], share=stale, step=4, height=2.2941, irregular=False))
-    first = LatencyProfile.load(path).steps["conv"]["c_in"]["first"]
+    first = LatencyProfile.load(path).steps["conv:k1x1"]["c_in"]["first"]
     assert first["share"] != stale and first["share"] == pytest.approx(
         fit_step(0.0, ms[1:-1], ms[-1])["share"])
+
+
+def test_each_kernel_takes_its_own_step_and_a_file_keyed_by_kind_prices_all_with_one(mini):
+    """ONNX Runtime ran a 1x1 conv reading 8 or 12 channels at 1.4-1.7x what the 3x3 probe's
+    first step priced (docs/profiles.md), so steps are measured per kernel: the 1x1 conv takes
+    conv:k1x1's share, the 3x3 stem conv:k3x3's. A file from before keys them by kind alone
+    ("conv") and prices every conv with that one probe, as it did."""
+    _, prof = mini
+    r = prof.target.round_to
+    assert r == 16
+    # first-step shares: equal up to the thin width (4), apart at 8 channels
+    flat = [0.0, *[0.25] * 8, *[0.5] * 7, 1.0]
+    steep = [0.0, *[0.25] * 4, *[0.75] * 11, 1.0]
+
+    def with_first(steps, shares):
+        return dataclasses.replace(prof, steps={k: {a: {**st, "first": {**st["first"], "share": shares[k]}}
+                                                    for a, st in axes.items()} for k, axes in steps.items()})
+
+    units = {u.path: u for u in prof.units(randomize_bn(TinyNet(width=32)))}
+    pw, stem = units["pw.0"], units["stem.0"]
+
+    def at8(p, u, steep_share):
+        thin, full = p.layer_ms(u, u.c_in, 4), p.layer_ms(u, u.c_in, r)
+        return thin + (0.5 / 0.75) * (full - thin) if steep_share else thin
+
+    rest = {k: flat for k in prof.steps}
+    split = with_first(prof.steps, {**rest, "conv:k1x1": steep})
+    assert split.layer_ms(pw, pw.c_in, 8) == pytest.approx(at8(split, pw, True))
+    assert split.layer_ms(stem, stem.c_in, 8) == pytest.approx(at8(split, stem, False))
+    swapped = with_first(prof.steps, {**rest, "conv:k3x3": steep})
+    assert swapped.layer_ms(pw, pw.c_in, 8) == pytest.approx(at8(swapped, pw, False))
+    assert swapped.layer_ms(stem, stem.c_in, 8) == pytest.approx(at8(swapped, stem, True))
+    assert at8(split, pw, True) > at8(split, pw, False)  # the two readings differ
+    # a file keyed by kind: both convs take the one "conv" step
+    by_kind = {k: v for k, v in prof.steps.items() if not k.startswith("conv:")} | {"conv": prof.steps["conv:k1x1"]}
+    old = with_first(by_kind, {**{k: flat for k in by_kind}, "conv": steep})
+    assert old.layer_ms(pw, pw.c_in, 8) == pytest.approx(at8(old, pw, True))
+    assert old.layer_ms(stem, stem.c_in, 8) == pytest.approx(at8(old, stem, True))
 
 
 def test_an_off_grid_width_costs_what_the_runtime_computes(mini):
