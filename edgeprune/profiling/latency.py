@@ -640,42 +640,12 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             paths = {k: lcache.put(*k, t, p) for k, p in paths.items()}
         paths.update(hits)
         convert_s += time.perf_counter() - c0
-        # scales and intercept: end-to-end measurements of the full model, thinned copies,
-        # (a model with residual blocks) the thinnest copy without its blocks, the copy at the
-        # channel floor (where keep 0.3 is wider) and the one at round_to / 4
-        variants, calib_paths, calib_cached = [], [], 0
-        c0 = time.perf_counter()
-        for i, (keep, width, removed) in enumerate(calibrations):
-            widths = _calib_widths(groups, keep, width, t.round_to)
-            variant = model if widths is None else shrink_to_widths(model, example, widths)
-            if removed:
-                variant = remove_blocks(variant, removed)
-            variants.append(variant)
-            # the same network converted before (a re-profile): its file, else convert and keep it
-            key = None if lcache is None else network_key(variant, shape)
-            hit = None if key is None else lcache.get_network(key, t)
-            if hit is not None:
-                calib_cached += 1
-                calib_paths.append(hit)
-            else:
-                path = convert_for(variant, t, Path(d) / f"full{i}{suffix}", example)
-                calib_paths.append(path if key is None else lcache.put_network(key, t, path))
-            tick(f"convert end-to-end {_calib_name(keep, width)}"
-                 + (f", {len(removed)} blocks removed" if removed else ""))
-        convert_s += time.perf_counter() - c0
-
-        # the calibration networks are timed in the same passes as the points: the fit relates
-        # the two, and a slow spell of the machine while only one of them was timed would
-        # move the scale (a MobileNetV2 profile timed its calibrations 11% slow, minutes
-        # after its points, and over-predicted every small variant by 6-14%; docs/profiles.md)
         keys = [(sig, ci, co) for sig, _, ci, co in todo]
         twins = list(made.twins.items())
         m0 = time.perf_counter()
-        stats = time_artifacts([probe, *(paths[k] for k in keys), *(p for _, p in twins), *calib_paths], t,
+        stats = time_artifacts([probe, *(paths[k] for k in keys), *(p for _, p in twins)], t,
                                device=device, on_pass=lambda i, n: tick(f"timing {i}/{n}"))
         measure_s += time.perf_counter() - m0
-        calib_stats = stats[len(stats) - len(calib_paths):]
-        stats = stats[:len(stats) - len(calib_paths)]
         overhead = stats[0].median_ms
         fresh = {k: max(0.0, st.median_ms - overhead)
                  for k, st in zip(keys, stats[1:1 + len(keys)], strict=True)}
@@ -702,6 +672,37 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
                                  {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
                                  steps=steps)
+        # scales and intercept: end-to-end measurements of the full model, thinned copies,
+        # (a model with residual blocks) the thinnest copy without its blocks, the copy at the
+        # channel floor (where keep 0.3 is wider) and the one at round_to / 4
+        variants, calib_paths, calib_cached = [], [], 0
+        c0 = time.perf_counter()
+        for i, (keep, width, removed) in enumerate(calibrations):
+            widths = _calib_widths(groups, keep, width, t.round_to)
+            variant = model if widths is None else shrink_to_widths(model, example, widths)
+            if removed:
+                variant = remove_blocks(variant, removed)
+            variants.append(variant)
+            # the same network converted before (a re-profile): its file, else convert and keep it
+            key = None if lcache is None else network_key(variant, shape)
+            hit = None if key is None else lcache.get_network(key, t)
+            if hit is not None:
+                calib_cached += 1
+                calib_paths.append(hit)
+            else:
+                path = convert_for(variant, t, Path(d) / f"full{i}{suffix}", example)
+                calib_paths.append(path if key is None else lcache.put_network(key, t, path))
+            tick(f"convert end-to-end {_calib_name(keep, width)}"
+                 + (f", {len(removed)} blocks removed" if removed else ""))
+        convert_s += time.perf_counter() - c0
+        # timed on their own, among networks, as a benchmark or a user times a network: timed in
+        # the points' passes (each after a large single-layer model), a 15 us user_net copy
+        # measured 22% slower than alone minutes later, and small-model rows fell to 0-17%
+        # within 10% (docs/profiles.md, runs 39-41)
+        m0 = time.perf_counter()
+        calib_stats = time_artifacts(calib_paths, t, device=device,
+                                     on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        measure_s += time.perf_counter() - m0
         calib = []
         for (keep, width, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
