@@ -129,9 +129,9 @@ class LatencyProfile:
     edgeprune_version: str = ""
     source: str = "measured"  # "measured" or "estimate"
     build: dict[str, Any] = dataclasses.field(default_factory=dict)  # time split, cache use
-    # how latency climbs over one round_to step, per kind of layer and axis, with the probe
-    # that measured it ({kind: {axis: fit_step(...) + where}}); None: a file from before
-    # steps were measured
+    # how latency climbs over one round_to step, per kind of layer and kernel and per axis,
+    # with the probe that measured it ({"conv:k1x1": {axis: fit_step(...) + where}}; keyed by
+    # kind alone in files before 2026-12-07); None: a file from before steps were measured
     steps: dict[str, dict[str, dict[str, Any]]] | None = None
     # layer_scale for layers pruned below round_to (module docstring); None: layer_scale (a
     # profile from before it was fitted)
@@ -445,12 +445,12 @@ def _step_key(u: LayerUnit) -> str:
 
 def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, str], _Probe]:
     """Where to measure how latency steps, per kind of layer and kernel (:func:`_step_key`) and
-    prunable axis: the layer of that key with the most work per channel pair (its geometry), timed at a grid width
-    ``b = 2 x round_to``, at every width up to ``b + round_to``; the other axis at ``b`` (a
-    classifier keeps its fixed class count). And the first step, at every width from 1 to
-    round_to: below one full tile a runtime may take other kernels (on this project's AVX2
-    host XNNPACK's 3x3 conv costs about 0.6 of 16 output channels at 1-8 of them, and 1.2 at
-    9-15), so the step past ``b`` does not describe it."""
+    prunable axis: the layer of that key with the most work per channel pair (its geometry),
+    timed at a grid width ``b = 2 x round_to``, at every width up to ``b + round_to``; the
+    other axis at ``b`` (a classifier keeps its fixed class count). And the first step, at
+    every width from 1 to round_to: below one full tile a runtime may take other kernels (on
+    this project's AVX2 host XNNPACK's 3x3 conv costs about 0.6 of 16 output channels at 1-8
+    of them, and 1.2 at 9-15), so the step past ``b`` does not describe it."""
     b = 2 * round_to
     plan = {}
     for key in sorted({_step_key(u) for u in units}):
