@@ -452,12 +452,14 @@ def _probe_plan(units: Sequence[LayerUnit], round_to: int) -> dict[tuple[str, st
     this project's AVX2 host XNNPACK's 3x3 conv costs about 0.6 of 16 output channels at 1-8
     of them, and 1.2 at 9-15), so the step past ``b`` does not describe it."""
     b = 2 * round_to
+    by_key: dict[str, list[LayerUnit]] = defaultdict(list)
+    for u in units:
+        by_key[_step_key(u)].append(u)
     plan = {}
-    for key in sorted({_step_key(u) for u in units}):
-        kind = next(u.kind for u in units if _step_key(u) == key)
+    for key, us in sorted(by_key.items()):
+        kind = us[0].kind
         for axis in (("c_in",) if kind == "dwconv" else ("c_in", "c_out")):
-            cand = [u for u in units if _step_key(u) == key
-                    and not (u.fixed_in if axis == "c_in" else u.fixed_out)]
+            cand = [u for u in us if not (u.fixed_in if axis == "c_in" else u.fixed_out)]
             if not cand:
                 continue
             u = max(cand, key=lambda u: u.out_hw[0] * u.out_hw[1] * u.kernel[0] * u.kernel[1])
