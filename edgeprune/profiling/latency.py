@@ -62,6 +62,7 @@ from edgeprune.errors import ConfigError, ProfileError
 from edgeprune.graph.blocks import remove_blocks, removed_under, residual_blocks
 from edgeprune.graph.layers import LayerUnit, layer_units
 from edgeprune.profiling.measurement import (
+    SpreadTiming,
     check_measurable,
     convert_for,
     time_artifacts,
@@ -80,6 +81,8 @@ CALIBRATION_KEEP = (1.0, 0.6, 0.3)
 # table also measures below its grid: a model thinned to 4-20 channels (another tool's, a
 # user's) came out 25% low on LiteRT without them (docs/profiles.md, small models)
 THIN_DIV = 4
+# the calibrations' passes run in this many rounds spread over the build (see _profile)
+CALIBRATION_ROUNDS = 3
 
 
 def _thin_width(round_to: int) -> int:
@@ -632,53 +635,18 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         convert_for(nn.Conv2d(8, 8, 1, bias=False), t, probe, torch.zeros(1, 8, 2, 2), fast=True)
         tick("convert invoke-overhead probe")
 
-        # convert (or derive) every missing point first (in parallel), then time them all in
-        # interleaved passes, so no conversion runs beside a timed run and drift hits all
-        # points alike; each derived signature's check point is also timed as a derived twin
+        # convert (or derive) every missing point and every calibration network first (points
+        # in parallel), then time: no conversion runs beside a timed run
         made = _make_points(to_convert, t, Path(d), workers, lcache, tick)
         total += len(made.twins) - n_twins  # a signature whose check failed has no twin
         paths = made.paths
         if lcache is not None:
             paths = {k: lcache.put(*k, t, p) for k, p in paths.items()}
         paths.update(hits)
-        convert_s += time.perf_counter() - c0
-        keys = [(sig, ci, co) for sig, _, ci, co in todo]
-        twins = list(made.twins.items())
-        m0 = time.perf_counter()
-        stats = time_artifacts([probe, *(paths[k] for k in keys), *(p for _, p in twins)], t,
-                               device=device, on_pass=lambda i, n: tick(f"timing {i}/{n}"))
-        measure_s += time.perf_counter() - m0
-        overhead = stats[0].median_ms
-        fresh = {k: max(0.0, st.median_ms - overhead)
-                 for k, st in zip(keys, stats[1:1 + len(keys)], strict=True)}
-        # the step probes again, in rounds of their own: a share is a difference of nearby
-        # widths, and one round of this project's VMs has put single points a whole step off
-        # (a state that slows every run for seconds hits the points timed then); each probe
-        # point is the median of its rounds (the overhead is taken off each round's own)
-        m0 = time.perf_counter()
-        _, more = time_rounds([probe, *(paths[k] for k in probe_keys)], t, PROBE_ROUNDS - 1,
-                              device=device, on_pass=lambda i, n: tick(f"probe rounds: {i}/{n}"))
-        measure_s += time.perf_counter() - m0
-        rounds = [[fresh[k] for k in probe_keys], *([max(0.0, v - r[0]) for v in r[1:]] for r in more)]
-        fresh.update({k: statistics.median(v) for k, *v in zip(probe_keys, *rounds, strict=True)})
-        twin_check = [{"signature": k[0], "c_in": k[1], "c_out": k[2],
-                       "converted_ms": round(stats[1 + keys.index(k)].median_ms, 5),
-                       "derived_ms": round(st.median_ms, 5)}
-                      for (k, _), st in zip(twins, stats[1 + len(keys):], strict=True)]
-        points = {**fresh, **cached}  # a probe point that is also a cached grid point: the table keeps it
-        tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
-                                  tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
-                  for sig, (unit, c_in, c_out) in plan.items()}
-
-        steps = _fit_steps(probes, fresh)
-        partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
-                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
-                                 steps=steps)
         # scales and intercept: end-to-end measurements of the full model, thinned copies,
         # (a model with residual blocks) the thinnest copy without its blocks, the copy at the
         # channel floor (where keep 0.3 is wider) and the one at round_to / 4
         variants, calib_paths, calib_cached = [], [], 0
-        c0 = time.perf_counter()
         for i, (keep, width, removed) in enumerate(calibrations):
             widths = _calib_widths(groups, keep, width, t.round_to)
             variant = model if widths is None else shrink_to_widths(model, example, widths)
@@ -697,14 +665,51 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             tick(f"convert end-to-end {_calib_name(keep, width)}"
                  + (f", {len(removed)} blocks removed" if removed else ""))
         convert_s += time.perf_counter() - c0
-        # timed on their own, among networks, as a benchmark or a user times a network: timed in
-        # the points' passes (each after a large single-layer model), a 15 us user_net copy
-        # measured 22% slower than alone minutes later, and small-model rows fell to 0-17%
-        # within 10% (docs/profiles.md, runs 39-41)
+        # the calibrations are timed on their own, among networks, as a benchmark or a user
+        # times a network: timed in the points' passes (each after a large single-layer model),
+        # a 15 us user_net copy measured 22% slower than alone minutes later, and small-model
+        # rows fell to 0-17% within 10% (docs/profiles.md, runs 39-41). Their passes run in
+        # rounds before, between and after the points' timing, each network's fastest pass
+        # kept: the protocol's passes back to back span a few seconds, and twice a slow spell
+        # that long made every calibration pass of a build slow (run 38 MobileNetV2 on LiteRT,
+        # run 42 on ONNX Runtime: 11-13% slow, rows at 33% and 83% within 10%)
         m0 = time.perf_counter()
-        calib_stats = time_artifacts(calib_paths, t, device=device,
-                                     on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        calib_timing = SpreadTiming(calib_paths, t, CALIBRATION_ROUNDS, device=device,
+                                    on_pass=lambda i, n: tick(f"end-to-end {i}/{n}"))
+        calib_timing.round()
+        # the points in interleaved passes, so drift hits all points alike; each derived
+        # signature's check point is also timed as a derived twin
+        keys = [(sig, ci, co) for sig, _, ci, co in todo]
+        twins = list(made.twins.items())
+        stats = time_artifacts([probe, *(paths[k] for k in keys), *(p for _, p in twins)], t,
+                               device=device, on_pass=lambda i, n: tick(f"timing {i}/{n}"))
+        overhead = stats[0].median_ms
+        fresh = {k: max(0.0, st.median_ms - overhead)
+                 for k, st in zip(keys, stats[1:1 + len(keys)], strict=True)}
+        calib_timing.round()
+        # the step probes again, in rounds of their own: a share is a difference of nearby
+        # widths, and one round of this project's VMs has put single points a whole step off
+        # (a state that slows every run for seconds hits the points timed then); each probe
+        # point is the median of its rounds (the overhead is taken off each round's own)
+        _, more = time_rounds([probe, *(paths[k] for k in probe_keys)], t, PROBE_ROUNDS - 1,
+                              device=device, on_pass=lambda i, n: tick(f"probe rounds: {i}/{n}"))
+        calib_stats = calib_timing.result()
         measure_s += time.perf_counter() - m0
+        rounds = [[fresh[k] for k in probe_keys], *([max(0.0, v - r[0]) for v in r[1:]] for r in more)]
+        fresh.update({k: statistics.median(v) for k, *v in zip(probe_keys, *rounds, strict=True)})
+        twin_check = [{"signature": k[0], "c_in": k[1], "c_out": k[2],
+                       "converted_ms": round(stats[1 + keys.index(k)].median_ms, 5),
+                       "derived_ms": round(st.median_ms, 5)}
+                      for (k, _), st in zip(twins, stats[1 + len(keys):], strict=True)]
+        points = {**fresh, **cached}  # a probe point that is also a cached grid point: the table keeps it
+        tables = {sig: LayerTable(sig, unit.kind, c_in, c_out,
+                                  tuple(tuple(points[(sig, ci, co)] for co in c_out) for ci in c_in))
+                  for sig, (unit, c_in, c_out) in plan.items()}
+
+        steps = _fit_steps(probes, fresh)
+        partial = LatencyProfile(t, version, host, _arch_name(model), shape, tables,
+                                 {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
+                                 steps=steps)
         calib = []
         for (keep, width, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
             vu = layer_units(variant, shape)
@@ -728,7 +733,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
          "calibrations_from_cache": calib_cached,
          "points_from_profile_cache": len(cached),
          "points_timed": len(keys), "probe_points": len(probe_keys),
-         "probe_rounds": PROBE_ROUNDS},
+         "probe_rounds": PROBE_ROUNDS, "calibration_rounds": len(calib_timing.todo)},
         steps=steps, narrow_scale=narrow_scale,
     )
 

@@ -101,7 +101,8 @@ def time_artifact(path: str | os.PathLike, target: Target, *, seed: int = 0) -> 
 
 
 def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: int = 0,
-                   on_pass: Callable[[int, int], None] | None = None, device=None) -> list[LatencyStats]:
+                   on_pass: Callable[[int, int], None] | None = None, device=None,
+                   passes: int | None = None) -> list[LatencyStats]:
     """Latency of each artifact under ``target``'s protocol: ``measure.passes`` passes over all
     of them in turn, each a fresh session with warm-up then timed runs. Each artifact reports
     its fastest pass (interference only ever slows a pass down), with every pass median kept.
@@ -109,17 +110,20 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
     called after each artifact's pass (on a device: after each batch of artifacts). A device
     target times them on the device, through its agent (``device``: an open connection to
     reuse), with the same protocol. Locally, ``$EDGEPRUNE_TIMING_CPUS`` pins the timing to
-    those CPUs (see :func:`_timing_cpus`)."""
+    those CPUs (see :func:`_timing_cpus`). ``passes`` replaces the protocol's number of passes
+    (:func:`time_spread` runs a protocol's passes in several rounds)."""
     check_measurable(target)
+    if passes is not None and passes < 1:
+        raise ValueError(f"passes={passes}: time at least one pass")
     if target.is_device:
         from edgeprune.runtimes.device import connect
 
         if device is not None:
-            return device.measure_many(list(paths), on_pass=on_pass)
+            return device.measure_many(list(paths), on_pass=on_pass, passes=passes)
         with connect(target) as dev:
-            return dev.measure_many(list(paths), on_pass=on_pass)
+            return dev.measure_many(list(paths), on_pass=on_pass, passes=passes)
     with _timing_cpus():
-        return _time_local(paths, target, seed, on_pass)
+        return _time_local(paths, target, seed, on_pass, passes or target.measure.passes)
 
 
 TIMING_CPUS_ENV = "EDGEPRUNE_TIMING_CPUS"
@@ -135,6 +139,32 @@ def time_rounds(paths: Sequence[str | os.PathLike], target: Target, rounds: int,
     per_round = [[st.median_ms for st in time_artifacts(paths, target, seed=k, **kw)]
                  for k in range(rounds)]
     return [statistics.median(r[i] for r in per_round) for i in range(len(paths))], per_round
+
+
+class SpreadTiming:
+    """:func:`time_artifacts`'s passes over ``paths``, run in ``rounds`` calls of
+    :meth:`round` that a caller spreads over a longer job (with other timing between them):
+    each artifact reports its fastest pass of all rounds (:meth:`result`). The protocol's
+    passes, 1 s apart, span a few seconds, and a slow spell of this project's VMs can last
+    that long (every pass alike); passes drawn over minutes are not all in one."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], target: Target, rounds: int, **kw):
+        passes = target.measure.passes
+        self.paths, self.target, self.kw = list(paths), target, kw
+        self.todo = [k for i in range(rounds) if (k := passes // rounds + (i < passes % rounds))]
+        self.stats: list[list[LatencyStats]] = []
+
+    def round(self) -> None:
+        """Time the next round (nothing once every pass is timed)."""
+        if len(self.stats) < len(self.todo):
+            self.stats.append(time_artifacts(self.paths, self.target, seed=len(self.stats),
+                                             passes=self.todo[len(self.stats)], **self.kw))
+
+    def result(self) -> list[LatencyStats]:
+        """Each artifact's fastest pass over every round (the remaining rounds timed now)."""
+        while len(self.stats) < len(self.todo):
+            self.round()
+        return [_fastest_pass(per) for per in zip(*self.stats, strict=True)]
 
 
 @contextlib.contextmanager
@@ -166,10 +196,10 @@ def _timing_cpus():
 
 
 def _time_local(paths: Sequence[str | os.PathLike], target: Target, seed: int,
-                on_pass: Callable[[int, int], None] | None) -> list[LatencyStats]:
+                on_pass: Callable[[int, int], None] | None, passes: int) -> list[LatencyStats]:
     from edgeprune.runtimes import open_session, time_session
 
-    passes, interval = target.measure.passes, target.measure.pass_interval_s
+    interval = target.measure.pass_interval_s
     per: list[list[LatencyStats]] = [[] for _ in paths]
     n, done = passes * len(paths), 0
     started = None
@@ -189,11 +219,14 @@ def _time_local(paths: Sequence[str | os.PathLike], target: Target, seed: int,
             done += 1
             if on_pass is not None:
                 on_pass(done, n)
-    out = []
-    for stats in per:
-        best = min(stats, key=lambda st: st.median_ms)
-        out.append(replace(best, passes=len(stats), pass_medians_ms=tuple(st.median_ms for st in stats)))
-    return out
+    return [_fastest_pass(stats) for stats in per]
+
+
+def _fastest_pass(stats: Sequence[LatencyStats]) -> LatencyStats:
+    """The fastest of ``stats`` (passes or rounds of one artifact), with every pass median."""
+    best = min(stats, key=lambda st: st.median_ms)
+    medians = tuple(m for st in stats for m in (st.pass_medians_ms or (st.median_ms,)))
+    return replace(best, passes=len(medians), pass_medians_ms=medians)
 
 
 def measure(model_or_artifact: nn.Module | str | os.PathLike, target: str | Target, *,

@@ -203,9 +203,11 @@ class Device:
                                          f"reports {sorted(have) or 'none'}); pip install {pkg} there")
         return str(have[runtime])
 
-    def measure_many(self, paths: list[str | os.PathLike], *, on_pass=None) -> list[LatencyStats]:
+    def measure_many(self, paths: list[str | os.PathLike], *, on_pass=None,
+                     passes: int | None = None) -> list[LatencyStats]:
         """Time ``paths`` on the device with the target's protocol, threads and delegate, in
-        interleaved passes; each reports its fastest pass (as local measurement does)."""
+        interleaved passes (``passes`` replaces the protocol's number); each reports its
+        fastest pass (as local measurement does)."""
         t = self.target
         fmt = _format_of(paths)
         info = self.info()
@@ -215,7 +217,7 @@ class Device:
             resp = self._ask({"op": "measure_many", "format": fmt, "threads": t.threads,
                               "delegate": t.delegate,
                               "measure": {"warmup": t.measure.warmup, "runs": t.measure.runs,
-                                          "passes": t.measure.passes},
+                                          "passes": passes or t.measure.passes},
                               "artifacts": [agent.b64encode(p.read_bytes()) for p in chunk]})
             for r in resp["results"]:
                 best = r["passes"][r["fastest"]]

@@ -14,7 +14,7 @@ from edgeprune.errors import ConfigError, ProfileError, RuntimeAdapterError
 from edgeprune.graph.layers import layer_units
 from edgeprune.profiling import LatencyProfile
 from edgeprune.profiling import measurement as measure_mod
-from edgeprune.profiling.latency import PROBE_ROUNDS
+from edgeprune.profiling.latency import CALIBRATION_ROUNDS, PROBE_ROUNDS
 from edgeprune.targets import load_target
 from tests.nets import TinyNet, randomize_bn
 
@@ -420,6 +420,7 @@ def test_profile_reports_progress_and_leaves_the_model_alone():
     assert seen[-1].step == seen[-1].total == 1 + converted + passes * (1 + timed) \
         + (rounds - 1) * passes * (1 + prof.build["probe_points"]) + 4 * (1 + passes)
     assert all(len(c["pass_medians_ms"]) == passes for c in prof.calibration)
+    assert prof.build["calibration_rounds"] == CALIBRATION_ROUNDS
 
 
 def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeypatch):
@@ -450,6 +451,46 @@ def test_artifacts_are_timed_in_interleaved_passes_reporting_the_fastest(monkeyp
     assert (b.median_ms, b.pass_medians_ms) == (4.0, (5.0, 6.0, 4.0))
     assert b.pass_spread == pytest.approx(0.5)
     assert "fastest of 3 passes" in str(a) and a.to_dict()["pass_medians_ms"] == [2.0, 1.0, 3.0]
+
+
+def test_spread_timing_runs_the_protocols_passes_in_rounds_keeping_each_fastest(monkeypatch):
+    """A profile's calibrations are timed in rounds spread over the build: 7 passes as 3 + 2 +
+    2, each round a call of its own (other timing may run between), each artifact's fastest
+    pass of all rounds kept with every pass median; a slow round does not set the result."""
+    from edgeprune import runtimes
+    from edgeprune.types import LatencyStats
+
+    medians = {"a": iter([9.0, 9.0, 9.0, 2.0, 3.0, 5.0, 4.0]), "b": iter([8.0, 7.0, 9.0, 6.0, 6.5, 1.5, 2.5])}
+    order = []
+
+    def fake_time(sess, x, *, warmup, runs):
+        order.append(sess)
+        m = next(medians[sess])
+        return LatencyStats(m, m, m, 0.0, runs, warmup, "fake", "0", 1)
+
+    class Sess(str):
+        input_shape = (1, 2)
+
+    monkeypatch.setattr(runtimes, "open_session", lambda p, **kw: Sess(p))
+    monkeypatch.setattr(runtimes, "time_session", fake_time)
+    t = load_target("host-onnxruntime")
+    t = dataclasses.replace(t, measure=dataclasses.replace(t.measure, passes=7, pass_interval_s=0.0))
+    spread = measure_mod.SpreadTiming(["a", "b"], t, 3)
+    assert spread.todo == [3, 2, 2]
+    spread.round()
+    assert order == ["a", "b"] * 3
+    spread.round()
+    assert len(order) == 10
+    a, b = spread.result()  # times the last round
+    assert len(order) == 14
+    assert (a.median_ms, a.passes, a.pass_medians_ms) == (2.0, 7, (9.0, 9.0, 9.0, 2.0, 3.0, 5.0, 4.0))
+    assert (b.median_ms, b.passes) == (1.5, 7)
+    spread.round()  # every pass timed: nothing more
+    assert len(order) == 14
+    assert measure_mod.SpreadTiming(["a"], dataclasses.replace(
+        t, measure=dataclasses.replace(t.measure, passes=2)), 3).todo == [1, 1]
+    with pytest.raises(ValueError, match="passes=0"):
+        measure_mod.time_artifacts(["a"], t, passes=0)
 
 
 def test_a_short_measurement_spaces_its_passes_by_the_targets_interval(monkeypatch):
@@ -845,11 +886,12 @@ def test_a_state_that_slows_one_probe_round_does_not_move_the_steps(tmp_path, mo
 
     calls = []
 
-    def fake(paths, target, *, seed=0, on_pass=None, device=None, slow=False):
+    def fake(paths, target, *, seed=0, on_pass=None, device=None, passes=None, slow=False):
         calls.append(len(paths))
         out = []
         for i, p in enumerate(paths):
-            ms = 1e-6 * os.path.getsize(p) * (1.5 if slow and len(calls) == 1 and i > len(paths) // 2 else 1.0)
+            # call 1 is the calibrations' first round, call 2 the points' passes
+            ms = 1e-6 * os.path.getsize(p) * (1.5 if slow and len(calls) == 2 and i > len(paths) // 2 else 1.0)
             out.append(LatencyStats(ms, ms, ms, 0.0, 1, 0, "fake", "0", 1))
         for i in range(len(paths)):
             if on_pass is not None:
@@ -864,7 +906,8 @@ def test_a_state_that_slows_one_probe_round_does_not_move_the_steps(tmp_path, mo
                        layer_cache=tmp_path / "layers").steps
 
     clean, hit = build(False), build(True)
-    assert calls[:PROBE_ROUNDS] and len(calls) == PROBE_ROUNDS + 1  # rounds, then the calibrations
+    # calibration round, points, calibration round, probe rounds, calibration round
+    assert len(calls) == PROBE_ROUNDS + CALIBRATION_ROUNDS and calls[1] == max(calls)
     assert hit == clean
     assert any(st["measured_ms"] != [0.0] * len(st["measured_ms"]) for axes in clean.values()
                for st in axes.values())
