@@ -126,7 +126,8 @@ def _off_grid(grid: Sequence[int], w: float, share: Sequence[float] | None
     between the measured widths around it, weighted by how much of the share between them it
     pays. Measured there, a layer's cost at a few channels keeps what it pays whatever its
     width (its passes over the map, the kernel's set-up), which a share of the width at
-    round_to scales away."""
+    round_to scales away. A share outside the two (a width that cost more than round_to)
+    scales the nearer one; weights are never negative, nor is a price."""
     if share is None or w in grid:
         return [(w, 1.0)]
     r = len(share) - 1
@@ -137,10 +138,18 @@ def _off_grid(grid: Sequence[int], w: float, share: Sequence[float] | None
     below = [g for g in grid if g < r]
     lo = max((g for g in below if g < w), default=0)
     hi = min((g for g in below if g > w), default=r)
+    if lo == 0:  # a layer of no channels does no work
+        return [(hi, a / share[hi])] if share[hi] > 0 else [(hi, 0.0)]
+    if not share[lo] <= a <= share[hi]:
+        # no mix of the two costs that (the probe timed w above the width after it: ONNX
+        # Runtime's depthwise conv at 12 channels cost 1.8x its cost at 16): the measured
+        # width nearer in share, scaled by the share. A line through them extrapolated a
+        # table's noise by up to 6x and priced small-map layers below zero.
+        n = hi if a > share[hi] else lo
+        return [(n, a / share[n])]
     span = share[hi] - share[lo]
     a = (a - share[lo]) / span if span > 0 else 0.0
-    # a layer of no channels does no work
-    return [(hi, a)] if lo == 0 else [(lo, 1.0 - a), (hi, a)]
+    return [(lo, 1.0 - a), (hi, a)]
 
 
 def _bracket(grid: Sequence[int], v: float) -> tuple[int, int, float]:

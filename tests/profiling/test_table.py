@@ -182,6 +182,22 @@ def test_a_width_below_round_to_climbs_from_the_thin_width_measured_there():
     assert no_thin.lookup(16, 8, share_out=line) == pytest.approx(0.5)
 
 
+def test_a_width_below_round_to_that_cost_more_than_round_to_is_never_priced_below_zero():
+    """ONNX Runtime's depthwise conv on this project's AVX-512 host: the probe timed 12
+    channels at 1.78x the cost of 16 (share 1.775), 4 channels at 0.86x; a small-map table
+    held 4 channels above 16 (0.43 vs 0.26 us). A line through the two table points
+    extrapolated to -0.5 us; the width is priced as the table's 16 channels times the share.
+    A share below the thin width's prices from the thin width the same way."""
+    share = [0.0, 0.1, 0.2, 0.3, 0.856, 0.9, 0.95, 1.0, 1.081, 1.2, 1.4, 1.6, 1.775, 1.7, 1.5, 1.2, 1.0]
+    t = LayerTable("dwconv:t", "dwconv", (4, 16, 32), (0,), ((0.00043,), (0.00026,), (0.0004,)))
+    assert t.lookup(12, 0, share_in=share) == pytest.approx(0.00026 * 1.775)
+    assert t.lookup(8, 0, share_in=share) == pytest.approx(0.00026 * 1.081)
+    assert t.lookup(5, 0, share_in=share) == pytest.approx(0.00043 + (0.00026 - 0.00043) * (0.9 - 0.856) / (1 - 0.856))
+    low = [0.0, 0.1, 0.2, 0.3, 0.8, 0.5, *share[6:]]  # 5 channels timed below 4
+    assert t.lookup(5, 0, share_in=low) == pytest.approx(0.00043 * 0.5 / 0.8)
+    assert all(t.lookup(w, 0, share_in=share) > 0 for w in range(1, 16))
+
+
 def test_fit_step_reads_a_narrower_kernel_below_one_tile():
     # resnet20's first-step probe of a 3x3 conv's output channels (1..16 at 32x32, 32 in)
     # on this project's AVX2 host: up to 8 channels XNNPACK runs an 8-wide kernel at 0.6 of
