@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                   "protocol) with an empty layer cache (cold), then again with that cache (warm); "
                   "on LiteRT most single-layer points are derived from one converted template per "
                   "signature (points_derived; per row, not in rows older than 2026-12-03T10); "
-                  "convert_s includes the end-to-end calibration models (3, 4 with residual "
-                  "blocks), which are never cached",
+                  "convert_s includes the end-to-end calibration networks (4-6), which the layer "
+                  "cache also keeps (calibrations_from_cache; rows before 2026-12-07 converted "
+                  "them on every build)",
         "rows": merge_rows(old, rows, key=lambda r: (r["model"], r["target"])),
     }
     write_json(out, doc)
