@@ -111,7 +111,7 @@ def time_artifacts(paths: Sequence[str | os.PathLike], target: Target, *, seed: 
     target times them on the device, through its agent (``device``: an open connection to
     reuse), with the same protocol. Locally, ``$EDGEPRUNE_TIMING_CPUS`` pins the timing to
     those CPUs (see :func:`_timing_cpus`). ``passes`` replaces the protocol's number of passes
-    (:func:`time_spread` runs a protocol's passes in several rounds)."""
+    (:class:`SpreadTiming` runs a protocol's passes in several rounds)."""
     check_measurable(target)
     if passes is not None and passes < 1:
         raise ValueError(f"passes={passes}: time at least one pass")
@@ -149,6 +149,8 @@ class SpreadTiming:
     that long (every pass alike); passes drawn over minutes are not all in one."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], target: Target, rounds: int, **kw):
+        if rounds < 1:
+            raise ValueError(f"rounds={rounds}: time at least one round")
         passes = target.measure.passes
         self.paths, self.target, self.kw = list(paths), target, kw
         self.todo = [k for i in range(rounds) if (k := passes // rounds + (i < passes % rounds))]

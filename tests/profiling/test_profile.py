@@ -495,6 +495,8 @@ def test_spread_timing_runs_the_protocols_passes_in_rounds_keeping_each_fastest(
         t, measure=dataclasses.replace(t.measure, passes=2)), 3).todo == [1, 1]
     with pytest.raises(ValueError, match="passes=0"):
         measure_mod.time_artifacts(["a"], t, passes=0)
+    with pytest.raises(ValueError, match="rounds=0"):
+        measure_mod.SpreadTiming(["a"], t, 0)
 
 
 def test_a_short_measurement_spaces_its_passes_by_the_targets_interval(monkeypatch):
