@@ -4,6 +4,7 @@ baselines, and the data a checkpoint is calibrated and scored on."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -20,12 +21,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def provenance(benchmark: str, script: str, argv: list[str] | None) -> dict:
     """The head of a result file: what ran (the command line), when, on which host, with which
-    edgeprune, and whether timing was pinned (``$EDGEPRUNE_TIMING_CPUS``)."""
+    edgeprune (its version and this checkout's commit), and whether timing was pinned
+    (``$EDGEPRUNE_TIMING_CPUS``). Refuses (see :func:`check_checkout`) to describe results of
+    another checkout's code."""
+    check_checkout()
     args = argv if argv is not None else sys.argv[1:]
     return {"benchmark": benchmark, "command": " ".join(["python", f"scripts/{script}", *args]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": host_identity(), "edgeprune": edgeprune.__version__,
+            "host": host_identity(), "edgeprune": edgeprune.__version__, "commit": commit(),
             "timing_cpus": os.environ.get("EDGEPRUNE_TIMING_CPUS") or "not pinned"}
+
+
+def check_checkout(package: Path | None = None) -> None:
+    """Exit unless the ``edgeprune`` these scripts import is this checkout's: a benchmark run
+    from a clone of the repository, in a virtual environment with another checkout installed
+    in editable mode, imports that checkout's code and would record this one's commit (every
+    latency benchmark before 2026-12-07 evening ran so; its tree matched the clone's commit)."""
+    pkg = (package or Path(edgeprune.__file__)).resolve().parent
+    if pkg != ROOT / "edgeprune":
+        raise SystemExit(f"these scripts are in {ROOT}, but they import edgeprune from {pkg.parent}: "
+                         f"the results would describe other code; run them with PYTHONPATH={ROOT}")
+
+
+def commit() -> str:
+    """This checkout's git commit, ``+dirty`` when tracked files differ from it; ``unknown``
+    outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def rows_with_host(doc: dict) -> list[dict]:
