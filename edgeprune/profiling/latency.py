@@ -16,8 +16,9 @@ reorders that a network pays once. The intercept is what the tables do not hold 
 scale with the layers: the whole model's invoke overhead, pooling, the head.
 
 ``narrow_scale`` is the same for layers whose prunable output is narrower than ``round_to``,
-fitted with the calibration copy at ``round_to / 4`` channels per group (the one network made
-of them). A runtime may run such a layer differently inside a network than alone: ONNX
+fitted with the calibration copy at ``round_to / 4`` channels per group (every layer narrow)
+and the two that put every other group at that width and leave the rest full (narrow layers
+beside wide ones, as in a pruned network). A runtime may run such a layer differently inside a network than alone: ONNX
 Runtime's NCHWc transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose
 output is narrower than a block with a reorder to plain NCHW; a grid-width network pays no
 reorder between its convs. One scale for both under-priced the narrow layers (on the
@@ -258,7 +259,7 @@ class LatencyProfile:
                 + (f" (first {_step_str(st['first'])})" if "first" in st else "")
                 for kind, axes in sorted(self.steps.items()) for axis, st in sorted(axes.items())))
         for c in self.calibration:
-            lines.append(f"  calibration {_calib_name(c['keep'], c.get('width'))}"
+            lines.append(f"  calibration {_calib_name(c['keep'], c.get('width'), c.get('alternate'))}"
                          + (f", {c['blocks_removed']} blocks removed" if c.get("blocks_removed") else "")
                          + f": measured {c['measured_ms']:.3f} ms, predicted {c['predicted_ms']:.3f} ms")
         return "\n".join(lines)
@@ -395,7 +396,9 @@ class LatencyProfile:
         return prof
 
 
-def _calib_name(keep: float | None, width: int | None) -> str:
+def _calib_name(keep: float | None, width: int | None, alternate: int | None = None) -> str:
+    if alternate is not None:
+        return f"{width} channels in every other group ({'odd' if alternate else 'even'}), the rest full"
     return f"{width} channels per group" if keep is None else f"keep {keep:.2f}"
 
 
@@ -602,18 +605,24 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     blocks = tuple(b.name for b in residual_blocks(model, example))
     thin = _thin_width(t.round_to)
     groups = group_structure(model, example)
-    # (keep, width, blocks removed): keep None is every group at `width` channels
-    calibrations: list[tuple[float | None, int | None, tuple[str, ...]]] = [
-        (keep, None, ()) for keep in CALIBRATION_KEEP]
+    # (keep, width, blocks removed, alternate): keep None is every group at `width` channels,
+    # or with `alternate` 0 / 1 the even / odd groups (in group order), the others full
+    calibrations: list[tuple[float | None, int | None, tuple[str, ...], int | None]] = [
+        (keep, None, (), None) for keep in CALIBRATION_KEEP]
     if blocks:
-        calibrations.append((CALIBRATION_KEEP[-1], None, blocks))
+        calibrations.append((CALIBRATION_KEEP[-1], None, blocks, None))
     # the channel floor (every group at round_to), where the thinnest keep does not reach it
     # (VGG-Small, MobileNetV2): a small grid-width network, so the intercept is not drawn from
     # wide copies alone (without it VGG-Small's floor network was predicted below zero)
     if _calib_widths(groups, CALIBRATION_KEEP[-1], None, t.round_to) != \
             _calib_widths(groups, None, t.round_to, t.round_to):
-        calibrations.append((None, t.round_to, ()))
-    calibrations.append((None, thin, ()))
+        calibrations.append((None, t.round_to, (), None))
+    calibrations.append((None, thin, (), None))
+    # narrow layers beside full ones, as a pruned network has them: fitted on the thin copy
+    # alone (every layer narrow), narrow_scale over-priced them there (ONNX Runtime
+    # MobileNetV2 pruned to 4-20 channels: 47% within 10%, median +10%; docs/profiles.md)
+    if len(groups) > 1:
+        calibrations += [(None, thin, (), a) for a in (0, 1)]
     n_calib = len(calibrations)
     n_twins = len(_derivable(to_convert, t))  # one derived twin per derived signature is timed
     probe_keys = sorted({(p.unit.signature, ci, co) for p in probes.values() for ci, co in p.points()})
@@ -645,10 +654,11 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         paths.update(hits)
         # scales and intercept: end-to-end measurements of the full model, thinned copies,
         # (a model with residual blocks) the thinnest copy without its blocks, the copy at the
-        # channel floor (where keep 0.3 is wider) and the one at round_to / 4
+        # channel floor (where keep 0.3 is wider), the one at round_to / 4 and the two with
+        # every other group at round_to / 4
         variants, calib_paths, calib_cached = [], [], 0
-        for i, (keep, width, removed) in enumerate(calibrations):
-            widths = _calib_widths(groups, keep, width, t.round_to)
+        for i, (keep, width, removed, alternate) in enumerate(calibrations):
+            widths = _calib_widths(groups, keep, width, t.round_to, alternate)
             variant = model if widths is None else shrink_to_widths(model, example, widths)
             if removed:
                 variant = remove_blocks(variant, removed)
@@ -662,7 +672,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
             else:
                 path = convert_for(variant, t, Path(d) / f"full{i}{suffix}", example)
                 calib_paths.append(path if key is None else lcache.put_network(key, t, path))
-            tick(f"convert end-to-end {_calib_name(keep, width)}"
+            tick(f"convert end-to-end {_calib_name(keep, width, alternate)}"
                  + (f", {len(removed)} blocks removed" if removed else ""))
         convert_s += time.perf_counter() - c0
         # the calibrations are timed on their own, among networks, as a benchmark or a user
@@ -711,9 +721,11 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
                                  {u.path: u.signature for u in units}, overhead, 0.0, 1.0,
                                  steps=steps)
         calib = []
-        for (keep, width, removed), variant, st in zip(calibrations, variants, calib_stats, strict=True):
+        for (keep, width, removed, alternate), variant, st in zip(calibrations, variants, calib_stats,
+                                                                  strict=True):
             vu = layer_units(variant, shape)
             calib.append({"keep": keep, **({"width": width} if keep is None else {}),
+                          **({"alternate": alternate} if alternate is not None else {}),
                           "blocks_removed": len(removed), "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
                           "layers_ms": sum(partial.layer_ms(u) for u in vu),
@@ -1040,11 +1052,14 @@ def _round_width(w: float, round_to: int, full: int) -> int:
     return int(min(full, max(round_to, round_to * round(w / round_to))))
 
 
-def _calib_widths(groups, keep: float | None, width: int | None, round_to: int) -> dict[str, int] | None:
+def _calib_widths(groups, keep: float | None, width: int | None, round_to: int,
+                  alternate: int | None = None) -> dict[str, int] | None:
     """A calibration copy's group widths: ``keep`` of each group rounded to round_to, or
-    (keep None) every group at ``width`` channels; None for the full model (keep 1.0)."""
+    (keep None) every group at ``width`` channels, or with ``alternate`` 0 / 1 the even / odd
+    groups at ``width`` and the others full; None for the full model (keep 1.0)."""
     if keep is None:
-        return {g.name: min(g.width, width) for g in groups}
+        return {g.name: min(g.width, width) if alternate is None or i % 2 == alternate else g.width
+                for i, g in enumerate(groups)}
     if keep < 1.0:
         return {g.name: _round_width(g.width * keep, round_to, g.width) for g in groups}
     return None

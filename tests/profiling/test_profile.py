@@ -41,7 +41,10 @@ def test_the_full_model_is_predicted_as_its_own_calibration_row_says(mini):
 def test_a_model_with_residual_blocks_is_calibrated_without_them_too():
     """The pruner removes residual blocks below the channel floor; the fit has seen such a
     network: the thinnest copy with every block removed is a fourth calibration, predicted as
-    its row says."""
+    its row says. A model of several channel groups (here three) is also calibrated with every
+    other group at round_to / 4 and the rest full (even groups, then odd): narrow layers
+    beside wide ones, as a pruned network has them, the rows that tell narrow_scale from
+    layer_scale."""
     from edgeprune.graph import group_structure, shrink_to_widths
     from edgeprune.graph.blocks import remove_blocks
     from edgeprune.models.resnet import BasicBlock
@@ -52,13 +55,22 @@ def test_a_model_with_residual_blocks_is_calibrated_without_them_too():
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))).eval()
     prof = profile(model, target="host-onnxruntime", input_shape=SHAPE, max_points=2)
     assert [(c["keep"], c["blocks_removed"]) for c in prof.calibration] == [
-        (1.0, 0), (0.6, 0), (0.3, 0), (0.3, 2), (None, 0)]
+        (1.0, 0), (0.6, 0), (0.3, 0), (0.3, 2), (None, 0), (None, 0), (None, 0)]
     x = torch.zeros(1, *SHAPE)
     thin = shrink_to_widths(model, x, {g.name: 16 for g in group_structure(model, x)})  # 0.3 of 32 -> 16
     blockless = remove_blocks(thin, ["2", "3"])
     row = prof.calibration[3]
     assert prof.predict_ms(blockless) == pytest.approx(row["predicted_ms"], rel=1e-9)
     assert row["measured_ms"] > 0 and len(row["pass_medians_ms"]) == prof.target.measure.passes
+    groups = group_structure(model, x)
+    assert len(groups) == 3
+    for c in prof.calibration[-2:]:
+        mixed = shrink_to_widths(model, x, {g.name: 4 if i % 2 == c["alternate"] else g.width
+                                            for i, g in enumerate(groups)})
+        assert c["width"] == 4 and prof.predict_ms(mixed) == pytest.approx(c["predicted_ms"], rel=1e-9)
+        assert 0 < c["narrow_ms"] < c["layers_ms"] and c["measured_ms"] > 0
+    assert [c["alternate"] for c in prof.calibration[-2:]] == [0, 1]
+    assert "every other group (even)" in str(prof) and "every other group (odd)" in str(prof)
 
 
 def test_profile_contents(mini):
@@ -563,7 +575,8 @@ def test_dense_copy_keeps_zero_init_branches_in_the_converted_graph(tmp_path):
 def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     """The fit ends at the thinnest networks a user may bring (another tool's pruning at 4
     channels): the last calibration has every group at round_to / 4 channels, its layers
-    priced below round_to by the first-step probe, and is predicted as its row says."""
+    priced below round_to by the first-step probe, and is predicted as its row says. (TinyNet
+    is one channel group: no copies with every other group thinned.)"""
     from edgeprune.graph import group_structure, shrink_to_widths
 
     model, prof = mini
@@ -571,10 +584,11 @@ def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     r = prof.target.round_to
     assert row["keep"] is None and row["width"] == r // 4 and row["blocks_removed"] == 0
     x = torch.zeros(1, *SHAPE)
-    thin = shrink_to_widths(model, x, {g.name: r // 4 for g in group_structure(model, x)})
+    groups = group_structure(model, x)
+    assert len(groups) == 1 and not any("alternate" in c for c in prof.calibration)
+    thin = shrink_to_widths(model, x, {g.name: r // 4 for g in groups})
     assert prof.predict_ms(thin) == pytest.approx(row["predicted_ms"], rel=1e-9)
     assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
-
 
 def test_a_model_whose_thinnest_copy_is_above_the_channel_floor_is_calibrated_at_the_floor_too():
     """keep 0.3 of 96 channels is 32, not the floor of 16: without a row at the floor the
