@@ -11,12 +11,17 @@ round_to grid, keep 0.2-1.0; ``off``: widths in steps of 4, keep 0.2-1.0; ``smal
 - ``profile``: the profile as built (its calibrations timed in the build);
 - ``uniform``: the fit refitted on the re-timed calibrations, without the two copies with
   every other group at round_to / 4 (the calibration set before 2026-12-08);
-- ``alternate``: the fit refitted on every re-timed calibration, those two included.
+- ``one_fit``: every re-timed calibration, those two included, in one three-term fit
+  (edgeprune at f8d137c);
+- ``alternate``: edgeprune's fit on every re-timed calibration (:func:`_fit_remainder`:
+  intercept and scale from the uniform copies, the two mixed ones refit narrow_scale alone).
 
-``uniform`` against ``alternate`` is the choice, made on the same timing; ``profile`` against
-``alternate`` is what timing the calibrations in the build rather than beside the variants
-costs (``calibration_level``: each calibration's build time over its re-timed one). Writes
-bench/results/calibration_fit.json (rows merged by model, target, seed and host).
+``uniform``, ``one_fit`` and ``alternate`` are the choice, made on the same timing;
+``profile`` against ``alternate`` is what timing the calibrations in the build rather than
+beside the variants costs (``calibration_level``: each calibration's build time over its
+re-timed one). Each network's two table sums are kept (``sums``), so another fit can be
+judged from the file. Writes bench/results/calibration_fit.json (rows merged by model,
+target, seed and host).
 
     .venv/bin/python scripts/bench_calibration_fit.py --models mobilenetv2 user_net
         --targets host-onnxruntime --sets small off [--seed 1] [--variants 30]
@@ -47,12 +52,19 @@ from edgeprune._io import write_json
 from edgeprune.graph import group_structure, shrink_to_widths
 from edgeprune.graph.blocks import remove_blocks, residual_blocks
 from edgeprune.graph.layers import layer_units
-from edgeprune.profiling.latency import _calib_widths, _fit_remainder, _narrow, dense_copy, profile
+from edgeprune.profiling.latency import (
+    _calib_widths,
+    _fit_remainder,
+    _fit_uniform,
+    _narrow,
+    dense_copy,
+    profile,
+)
 from edgeprune.profiling.measurement import time_artifacts
 from edgeprune.targets import load_target
 
 SETS = {"on": (None, (0.2, 1.0)), "off": (4, (0.2, 1.0)), "small": (4, (0.05, 0.3))}
-FORMS = ("profile", "uniform", "alternate")
+FORMS = ("profile", "uniform", "one_fit", "alternate")
 
 
 def _sums(prof, net) -> tuple[float, float]:
@@ -111,13 +123,15 @@ def run_one(name: str, target_name: str, sets: list[str], n: int, seed: int, log
     narrow_scale = prof.layer_scale if prof.narrow_scale is None else prof.narrow_scale
     fits = {"profile": (prof.remainder_intercept_ms, prof.layer_scale, narrow_scale),
             "uniform": _fit_remainder([c for c in cal if c["alternate"] is None]),
+            "one_fit": _fit_uniform(cal),
             "alternate": _fit_remainder(cal)}
     out = {"model": name, "target": t.name, "seed": seed, "variants": n, "profile_build_s": round(build_s, 1),
            "fits": {f: [round(v, 6) for v in fit] for f, fit in fits.items()},
            "calibration_level": [
                {"keep": c["keep"], "width": c.get("width"), "alternate": c.get("alternate"),
                 "blocks_removed": c["blocks_removed"], "build_ms": round(c["measured_ms"], 5),
-                "retimed_ms": round(ms[i], 5), "ratio": round(c["measured_ms"] / ms[i], 4)}
+                "retimed_ms": round(ms[i], 5), "ratio": round(c["measured_ms"] / ms[i], 4),
+                "sums": [round(v, 6) for v in sums[i]]}
                for i, c in enumerate(prof.calibration)],
            "sets": {}}
     for k, s in enumerate(sets):
@@ -126,6 +140,7 @@ def run_one(name: str, target_name: str, sets: list[str], n: int, seed: int, log
         out["sets"][s] = {f: _summary([100 * (_predict(fit, *sums[i]) / ms[i] - 1) for i in rows])
                           for f, fit in fits.items()}
         out["sets"][s]["measured_ms"] = [round(ms[i], 5) for i in rows]
+        out["sets"][s]["sums"] = [[round(v, 6) for v in sums[i]] for i in rows]
         log("    " + s + ": " + ", ".join(f"{f} {100 * out['sets'][s][f]['within_10pct']:.0f}%"
                                           for f in FORMS))
     return out
@@ -158,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = merge_rows(rows_with_host(old), new, lambda r: (r["model"], r["target"], r["seed"]))
             write_json(out, {**head, "forms": {
                 "profile": "the profile as built", "uniform": "refit on the re-timed calibrations "
-                "without the every-other-group copies", "alternate": "refit on every re-timed calibration"},
-                "rows": rows})
+                "without the every-other-group copies", "one_fit": "every re-timed calibration in "
+                "one three-term fit", "alternate": "edgeprune's fit of every re-timed calibration"},
+                "sums": "per network: table ms of its layers, of them the ones with an output "
+                        "below round_to", "rows": rows})
     print(f"\n{'target':18} {'model':12} {'set':6} " + " ".join(f"{f:>10}" for f in FORMS) + "  build/retimed")
     for r in new:
         level = statistics.median(c["ratio"] for c in r["calibration_level"])

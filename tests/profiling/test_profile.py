@@ -693,6 +693,27 @@ def test_remainder_fit_gives_narrow_layers_their_own_scale_golden():
         assert scale == narrow_scale > 0
 
 
+def test_copies_with_every_other_group_narrow_refit_the_narrow_scale_alone():
+    """The copies mixing narrow and wide groups (``alternate``) change narrow_scale and
+    nothing else: intercept and scale come from the uniform copies, so networks on the grid
+    are priced as without them. Their narrow layers at 1.2x and the thin copy's at 1.43x give
+    one scale between the two; mixed copies whose narrow layers run below the grid scale
+    leave narrow_scale at the grid scale (never cheaper)."""
+    from edgeprune.profiling.latency import _fit_remainder
+
+    def row(t, n, narrow_scale, **kw):
+        return {"layers_ms": t, "narrow_ms": n, "measured_ms": 1.1 * (t - n) + narrow_scale * n + 0.01, **kw}
+
+    calib = [row(t, n, 1.43) for t, n in ((2.0, 0.0), (1.0, 0.0), (0.4, 0.0), (0.3, 0.3))]
+    base = _fit_remainder(calib)
+    assert base == pytest.approx((0.01, 1.1, 1.43))
+    mixed = [row(1.2, 0.2, 1.2, alternate=0), row(0.9, 0.1, 1.2, alternate=1)]
+    intercept, scale, narrow_scale = _fit_remainder(calib + mixed)
+    assert (intercept, scale) == pytest.approx(base[:2]) and 1.2 < narrow_scale < 1.43
+    cheap = [row(1.0, 0.9, 0.2, alternate=0), row(0.8, 0.7, 0.2, alternate=1)]
+    assert _fit_remainder(calib + cheap) == pytest.approx((0.01, 1.1, 1.1))
+
+
 def test_remainder_fit_weighs_relative_error():
     """Calibrations that no line fits exactly (1 ms down to a thin copy at 0.1 ms): the fit
     minimises relative error, so the thin row is not sacrificed to the full one's absolute
