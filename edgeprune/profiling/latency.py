@@ -19,10 +19,11 @@ scale with the layers: the whole model's invoke overhead, pooling, the head.
 fitted with the calibration copy at ``round_to / 4`` channels per group (every layer narrow)
 and the two that put every other group at that width and leave the rest full (narrow layers
 beside wide ones, as in a pruned network); those two refit ``narrow_scale`` alone, after
-intercept and ``layer_scale`` are fitted on the uniform copies (:func:`_fit_remainder`). A runtime may run such a layer differently inside a network than alone: ONNX
-Runtime's NCHWc transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose
-output is narrower than a block with a reorder to plain NCHW; a grid-width network pays no
-reorder between its convs. One scale for both under-priced the narrow layers (on the
+intercept and ``layer_scale`` are fitted on the uniform copies (:func:`_fit_remainder`). A
+runtime may run such a layer differently inside a network than alone: ONNX Runtime's NCHWc
+transformer (MLAS, 16-channel blocks on AVX-512) follows every conv whose output is
+narrower than a block with a reorder to plain NCHW; a grid-width network pays no reorder
+between its convs. One scale for both under-priced the narrow layers (on the
 AVX-512 AMD host every pruned ResNet-20 variant low, by more the more groups were below 16
 channels). The layer after it, reading the narrow input, is not in the term: it takes
 another kernel path (NCHW input), but its own table point was timed on that path, and in the
@@ -621,7 +622,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
     calibrations.append((None, thin, (), None))
     # narrow layers beside full ones, as a pruned network has them: fitted on the thin copy
     # alone (every layer narrow), narrow_scale over-priced them there (ONNX Runtime
-    # MobileNetV2 pruned to 4-20 channels: 47% within 10%, median +10%; docs/profiles.md)
+    # MobileNetV2 pruned to 4-20 channels: 60% within 10%, median +9.8%; docs/profiles.md)
     if len(groups) > 1:
         calibrations += [(None, thin, (), a) for a in (0, 1)]
     n_calib = len(calibrations)

@@ -590,6 +590,7 @@ def test_every_model_is_calibrated_at_a_quarter_of_round_to_too(mini):
     assert prof.predict_ms(thin) == pytest.approx(row["predicted_ms"], rel=1e-9)
     assert row["measured_ms"] > 0 and f"{r // 4} channels per group" in str(prof)
 
+
 def test_a_model_whose_thinnest_copy_is_above_the_channel_floor_is_calibrated_at_the_floor_too():
     """keep 0.3 of 96 channels is 32, not the floor of 16: without a row at the floor the
     intercept came from wide copies alone (VGG-Small's floor network was predicted below
