@@ -50,36 +50,21 @@ from bench_latency_predictor import SHAPE, _convert, random_widths
 from edgeprune import models
 from edgeprune._io import write_json
 from edgeprune.graph import group_structure, shrink_to_widths
-from edgeprune.graph.blocks import remove_blocks, residual_blocks
-from edgeprune.graph.layers import layer_units
+from edgeprune.graph.blocks import residual_blocks
 from edgeprune.profiling.latency import (
-    _calib_widths,
     _fit_remainder,
     _fit_uniform,
-    _narrow,
+    calib_network,
     dense_copy,
+    fitted_ms,
     profile,
+    table_sums,
 )
 from edgeprune.profiling.measurement import time_artifacts
 from edgeprune.targets import load_target
 
 SETS = {"on": (None, (0.2, 1.0)), "off": (4, (0.2, 1.0)), "small": (4, (0.05, 0.3))}
 FORMS = ("profile", "uniform", "one_fit", "alternate")
-
-
-def _sums(prof, net) -> tuple[float, float]:
-    """(table ms of the layers, of them the ones with an output below round_to)."""
-    total = narrow = 0.0
-    for u in layer_units(net, SHAPE):
-        v = prof.layer_ms(u)
-        total += v
-        narrow += v if _narrow(u, u.c_out, prof.target.round_to) else 0.0
-    return total, narrow
-
-
-def _predict(fit: tuple[float, float, float], total: float, narrow: float) -> float:
-    intercept, scale, narrow_scale = fit
-    return intercept + scale * (total - narrow) + narrow_scale * narrow
 
 
 def _summary(errs: list[float]) -> dict:
@@ -99,11 +84,9 @@ def run_one(name: str, target_name: str, sets: list[str], n: int, seed: int, log
     x = torch.zeros(1, *SHAPE)
     groups = group_structure(model, x)
     blocks = [b.name for b in residual_blocks(model, x)]
-    nets = []
-    for c in prof.calibration:
-        w = _calib_widths(groups, c["keep"], c.get("width"), t.round_to, c.get("alternate"))
-        v = model if w is None else shrink_to_widths(model, x, w)
-        nets.append(remove_blocks(v, blocks) if c["blocks_removed"] else v)
+    nets = [calib_network(model, x, groups, t.round_to, c["keep"], c.get("width"),
+                          blocks if c["blocks_removed"] else (), c.get("alternate"))
+            for c in prof.calibration]
     n_cal = len(nets)
     for s in sets:
         step, keep = SETS[s]
@@ -116,7 +99,7 @@ def run_one(name: str, target_name: str, sets: list[str], n: int, seed: int, log
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
             list(ex.map(_convert, nets, [t] * len(nets), paths))
         stats = time_artifacts(paths, t)
-    sums = [_sums(prof, net) for net in nets]
+    sums = [table_sums(prof, net) for net in nets]
     ms = [st.median_ms for st in stats]
     cal = [{**dict(zip(("layers_ms", "narrow_ms"), sums[i], strict=True)), "measured_ms": ms[i],
             "alternate": prof.calibration[i].get("alternate")} for i in range(n_cal)]
@@ -137,7 +120,7 @@ def run_one(name: str, target_name: str, sets: list[str], n: int, seed: int, log
     for k, s in enumerate(sets):
         lo = n_cal + k * n
         rows = range(lo, lo + n)
-        out["sets"][s] = {f: _summary([100 * (_predict(fit, *sums[i]) / ms[i] - 1) for i in rows])
+        out["sets"][s] = {f: _summary([100 * (fitted_ms(fit, *sums[i]) / ms[i] - 1) for i in rows])
                           for f, fit in fits.items()}
         out["sets"][s]["measured_ms"] = [round(ms[i], 5) for i in rows]
         out["sets"][s]["sums"] = [[round(v, 6) for v in sums[i]] for i in rows]

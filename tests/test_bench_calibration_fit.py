@@ -1,5 +1,6 @@
-"""scripts/bench_calibration_fit.py prices a network as a profile does, from the two table
-sums it keeps per network, and counts a variant exactly 10% off as within 10%."""
+"""scripts/bench_calibration_fit.py prices a network as a profile does (edgeprune's
+``fitted_ms``, from the two table sums it keeps per network), and counts a variant exactly
+10% off as within 10%."""
 
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ import bench_calibration_fit as bench  # noqa: E402
 
 def test_a_fit_prices_narrow_layers_with_their_own_scale():
     # 0.3 ms of layers, 0.1 of them narrow: 0.01 + 1.1 x 0.2 + 1.5 x 0.1
-    assert bench._predict((0.01, 1.1, 1.5), 0.3, 0.1) == pytest.approx(0.38)
-    assert bench._predict((0.01, 1.1, 1.5), 0.3, 0.0) == pytest.approx(0.34)
+    assert bench.fitted_ms((0.01, 1.1, 1.5), 0.3, 0.1) == pytest.approx(0.38)
+    assert bench.fitted_ms((0.01, 1.1, 1.5), 0.3, 0.0) == pytest.approx(0.34)
 
 
 def test_the_summary_counts_the_bar_inclusively_and_keeps_the_sign_of_the_median():

@@ -581,7 +581,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
              cache: LatencyProfile | None, workers: int, on_progress, t0: float, version: str,
              host: dict[str, Any], device, lcache) -> LatencyProfile:
     from edgeprune._version import __version__
-    from edgeprune.graph import group_structure, shrink_to_widths
+    from edgeprune.graph import group_structure
     from edgeprune.profiling.cache import network_key
 
     cached = _cache_points(cache, t, version, host)
@@ -660,10 +660,7 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         # every other group at round_to / 4
         variants, calib_paths, calib_cached = [], [], 0
         for i, (keep, width, removed, alternate) in enumerate(calibrations):
-            widths = _calib_widths(groups, keep, width, t.round_to, alternate)
-            variant = model if widths is None else shrink_to_widths(model, example, widths)
-            if removed:
-                variant = remove_blocks(variant, removed)
+            variant = calib_network(model, example, groups, t.round_to, keep, width, removed, alternate)
             variants.append(variant)
             # the same network converted before (a re-profile): its file, else convert and keep it
             key = None if lcache is None else network_key(variant, shape)
@@ -725,17 +722,16 @@ def _profile(model: nn.Module, t: Target, shape: tuple[int, ...], max_points: in
         calib = []
         for (keep, width, removed, alternate), variant, st in zip(calibrations, variants, calib_stats,
                                                                   strict=True):
-            vu = layer_units(variant, shape)
+            layers_ms, narrow_ms = table_sums(partial, variant)
             calib.append({"keep": keep, **({"width": width} if keep is None else {}),
                           **({"alternate": alternate} if alternate is not None else {}),
                           "blocks_removed": len(removed), "measured_ms": st.median_ms,
                           "pass_medians_ms": list(st.pass_medians_ms),
-                          "layers_ms": sum(partial.layer_ms(u) for u in vu),
-                          "narrow_ms": sum(partial.layer_ms(u) for u in vu
-                                           if _narrow(u, u.c_out, t.round_to))})
-    intercept, scale, narrow_scale = _fit_remainder(calib)
+                          "layers_ms": layers_ms, "narrow_ms": narrow_ms})
+    fit = _fit_remainder(calib)
+    intercept, scale, narrow_scale = fit
     for c in calib:
-        c["predicted_ms"] = scale * (c["layers_ms"] - c["narrow_ms"]) + narrow_scale * c["narrow_ms"] + intercept
+        c["predicted_ms"] = fitted_ms(fit, c["layers_ms"], c["narrow_ms"])
     return LatencyProfile(
         t, version, host, _arch_name(model), shape, tables, partial.layers, overhead,
         intercept, scale, tuple(calib), time.perf_counter() - t0,
@@ -999,6 +995,36 @@ def _worker_env() -> dict[str, str]:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def calib_network(model: nn.Module, example: torch.Tensor, groups, round_to: int,
+                  keep: float | None, width: int | None, removed: Sequence[str] = (),
+                  alternate: int | None = None) -> nn.Module:
+    """One calibration network: ``model`` at :func:`_calib_widths`, with the residual blocks
+    named in ``removed`` removed (the model itself at keep 1.0)."""
+    from edgeprune.graph import shrink_to_widths
+
+    widths = _calib_widths(groups, keep, width, round_to, alternate)
+    net = model if widths is None else shrink_to_widths(model, example, widths)
+    return remove_blocks(net, list(removed)) if removed else net
+
+
+def table_sums(prof: LatencyProfile, net: nn.Module) -> tuple[float, float]:
+    """(table ms of ``net``'s layers, of them the layers with an output below round_to): what
+    the fit weighs with ``layer_scale`` and ``narrow_scale``."""
+    total = narrow = 0.0
+    for u in layer_units(net, prof.input_shape):
+        v = prof.layer_ms(u)
+        total += v
+        narrow += v if _narrow(u, u.c_out, prof.target.round_to) else 0.0
+    return total, narrow
+
+
+def fitted_ms(fit: tuple[float, float, float], layers_ms: float, narrow_ms: float) -> float:
+    """A network's latency under ``fit`` = (intercept, scale, narrow_scale) from its
+    :func:`table_sums`."""
+    intercept, scale, narrow_scale = fit
+    return scale * (layers_ms - narrow_ms) + narrow_scale * narrow_ms + intercept
 
 
 def _fit_remainder(calib: list[dict[str, Any]]) -> tuple[float, float, float]:
